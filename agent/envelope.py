@@ -1,0 +1,219 @@
+"""Queue file and state file formats: pure, stdlib-only (no re, no json).
+
+A queue file describes itself and is immutable once entered:
+
+    RELAY-AGENT-QUEUE 1
+    created 1700000000.123
+    sender a@example.com          (empty after the space: null reverse-path)
+    rcpt b@example.net            (one line per recipient, in order)
+    notify SUCCESS,FAILURE        (optional DSN parameters: notify, ret, envid)
+    uid 1000                      (submitting uid, informational)
+    size 1234
+    <blank line>
+    <exactly `size` bytes of message, CRLF line endings>
+    RELAY-AGENT-END
+
+A file whose last bytes are not the end marker at the offset `size` predicts was
+never acknowledged (a crash mid-write) and goes to corrupt/.
+
+The mutable delivery state of a message lives beside it in a small state file,
+rewritten atomically after each attempt (absent = fresh, all recipients pending):
+
+    state deferred                (queued | deferred | failed | hold)
+    attempts 2
+    next 1700000060.0
+    error 451 4.3.0 try later     (last error, one line)
+    r 0 S                         (recipient index, P/S/F, optional error)
+    r 1 F 550 5.1.1 no such user
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MAGIC = b"RELAY-AGENT-QUEUE 1\n"
+END = b"RELAY-AGENT-END\n"
+MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail
+DSN_KEYS = ("notify", "ret", "envid")
+
+PENDING, SENT, FAILED = "P", "S", "F"
+
+
+class FormatError(ValueError):
+    """A queue or state file that cannot be trusted."""
+
+
+def clean_line(text: str) -> str:
+    """One line of text, safe to store in a line-oriented file or a log."""
+    return " ".join(text.replace("\0", " ").split())
+
+
+def has_bad_chars(addr: str) -> bool:
+    return any(c in addr for c in "\r\n\0")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: tuple[str, ...]
+    created: float
+    dsn: tuple[tuple[str, str], ...] = ()
+    uid: int = -1
+
+    def dsn_param(self, key: str) -> str:
+        for k, v in self.dsn:
+            if k == key:
+                return v
+        return ""
+
+
+def encode(env: Envelope, message: bytes) -> bytes:
+    if has_bad_chars(env.sender) or any(has_bad_chars(r) for r in env.recipients):
+        raise FormatError("address contains CR, LF or NUL")
+    lines = [MAGIC, f"created {env.created!r}\n".encode(), b"sender " + env.sender.encode() + b"\n"]
+    lines += [b"rcpt " + r.encode() + b"\n" for r in env.recipients]
+    lines += [f"{k} {clean_line(v)}\n".encode() for k, v in env.dsn if v]
+    if env.uid >= 0:
+        lines.append(f"uid {env.uid}\n".encode())
+    lines.append(f"size {len(message)}\n\n".encode())
+    return b"".join(lines) + message + END
+
+
+def split_header(data: bytes) -> tuple[bytes, int]:
+    """The envelope header block and the offset where the message starts."""
+    if not data.startswith(MAGIC):
+        raise FormatError("not a relay-agent queue file")
+    cut = data.find(b"\n\n", 0, MAX_HEADER)
+    if cut < 0:
+        raise FormatError("envelope header not terminated")
+    return data[len(MAGIC) : cut + 1], cut + 2
+
+
+def parse_header(block: bytes) -> tuple[Envelope, int]:
+    """Parse the envelope header block: (envelope, declared message size)."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("envelope header is not UTF-8") from None
+    sender: str | None = None
+    created = 0.0
+    size = -1
+    uid = -1
+    rcpts: list[str] = []
+    dsn: list[tuple[str, str]] = []
+    for line in text.split("\n")[:-1]:
+        key, _, value = line.partition(" ")
+        if "\r" in line or "\0" in line:
+            raise FormatError("control character in envelope header")
+        if key == "sender":
+            sender = value
+        elif key == "rcpt":
+            if not value:
+                raise FormatError("empty recipient")
+            rcpts.append(value)
+        elif key == "created":
+            created = _float(value)
+        elif key == "size":
+            size = _int(value)
+        elif key == "uid":
+            uid = _int(value)
+        elif key in DSN_KEYS:
+            dsn.append((key, value))
+        else:
+            raise FormatError(f"unknown envelope field {key[:20]!r}")
+    if sender is None or size < 0 or not rcpts:
+        raise FormatError("envelope header lacks sender, size or recipients")
+    return Envelope(sender, tuple(rcpts), created, tuple(dsn), uid), size
+
+
+def _float(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise FormatError(f"bad number {value[:20]!r}") from None
+    if n != n or n < -1 or n > 1e15:  # NaN, inf and absurd values
+        raise FormatError(f"bad number {value[:20]!r}")
+    return n
+
+
+def _int(value: str) -> int:
+    if not value.lstrip("-").isdigit() or len(value) > 16:
+        raise FormatError(f"bad number {value[:20]!r}")
+    return int(value)
+
+
+def decode(data: bytes) -> tuple[Envelope, bytes]:
+    """Parse a whole queue file; raises FormatError for anything incomplete."""
+    block, start = split_header(data)
+    env, size = parse_header(block)
+    if len(data) != start + size + len(END) or not data.endswith(END):
+        raise FormatError("queue file is incomplete (no end marker)")
+    return env, data[start : start + size]
+
+
+@dataclass
+class State:
+    state: str = "queued"
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    failed_at: float = 0.0
+    rcpt: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def rcpt_state(self, index: int) -> str:
+        return self.rcpt.get(index, (PENDING, ""))[0]
+
+    def rcpt_error(self, index: int) -> str:
+        return self.rcpt.get(index, (PENDING, ""))[1]
+
+    def pending(self, count: int) -> list[int]:
+        return [i for i in range(count) if self.rcpt_state(i) == PENDING]
+
+
+STATES = ("queued", "deferred", "failed", "hold")
+
+
+def encode_state(st: State) -> bytes:
+    lines = [
+        f"state {st.state}",
+        f"attempts {st.attempts}",
+        f"next {st.next_attempt!r}",
+        f"failed_at {st.failed_at!r}",
+    ]
+    if st.last_error:
+        lines.append("error " + clean_line(st.last_error))
+    for i in sorted(st.rcpt):
+        s, err = st.rcpt[i]
+        lines.append(f"r {i} {s} {clean_line(err)}".rstrip())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def decode_state(data: bytes) -> State:
+    st = State()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("state file is not UTF-8") from None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "state":
+            if value not in STATES:
+                raise FormatError(f"unknown state {value[:20]!r}")
+            st.state = value
+        elif key == "attempts":
+            st.attempts = _int(value)
+        elif key == "next":
+            st.next_attempt = _float(value)
+        elif key == "failed_at":
+            st.failed_at = _float(value)
+        elif key == "error":
+            st.last_error = value
+        elif key == "r":
+            idx, _, rest = value.partition(" ")
+            s, _, err = rest.partition(" ")
+            if s not in (PENDING, SENT, FAILED):
+                raise FormatError("bad recipient state")
+            st.rcpt[_int(idx)] = (s, err)
+        elif key:
+            raise FormatError(f"unknown state field {key[:20]!r}")
+    return st
