@@ -12,10 +12,10 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from agent.config_path import DEFAULT_PATH, ENV_VAR, find_path
 from agent.errors import ConfigError
 
-DEFAULT_PATH = "/etc/relay-agent/config.toml"
-ENV_VAR = "RELAY_AGENT_CONFIG"
+__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "find_path", "load"]
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,6 @@ class Config:
     @property
     def helo_name(self) -> str:
         return self.relay.helo_name or self.hostname
-
-
-def find_path(cli_path: str | None = None) -> str:
-    """--config, then $RELAY_AGENT_CONFIG, then the default.
-
-    A path named explicitly that does not exist is an error, never a fallback.
-    """
-    for origin, candidate in (("--config", cli_path), (ENV_VAR, os.environ.get(ENV_VAR))):
-        if candidate:
-            if not os.path.isfile(candidate):
-                raise ConfigError(f"config file {candidate} (from {origin}) does not exist")
-            return candidate
-    return DEFAULT_PATH
 
 
 def load(cli_path: str | None = None) -> Config:

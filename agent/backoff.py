@@ -1,0 +1,26 @@
+"""Retry and expiry policy: pure functions of numbers, no clock."""
+
+from __future__ import annotations
+
+import random
+
+
+def next_delay(attempts: int, initial: float, cap: float, jitter: float = 0.1) -> float:
+    """Delay before attempt number `attempts + 1` after `attempts` failures (>= 1).
+
+    Doubles from `initial` up to `cap`; a little jitter keeps a fleet that lost its
+    relay at the same moment from coming back in lock-step.
+    """
+    base = min(cap, initial * (2 ** max(0, min(attempts - 1, 40))))
+    if jitter:
+        base *= 1 + random.uniform(-jitter, jitter)
+    return max(1.0, min(base, cap))
+
+
+def expired(created: float, now: float, max_age: float) -> bool:
+    return now - created >= max_age
+
+
+def failed_gone(failed_at: float, now: float, keep: float) -> bool:
+    """A failed message stays listed for `failed_keep` seconds, then is removed."""
+    return failed_at > 0 and now - failed_at >= keep

@@ -1,0 +1,97 @@
+"""RFC 3464 delivery status notifications: a pure builder.
+
+The caller decides whether to bounce (never for a null sender, never when the
+sender asked NOTIFY=NEVER); this module only writes the report.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.envelope import clean_line
+from agent.headers import format_date
+
+
+@dataclass(frozen=True)
+class FailedRecipient:
+    address: str
+    reply: str  # the relay's reply, e.g. "550 5.1.1 no such user", or our own reason
+    status: str = ""  # enhanced status code; derived from the reply when empty
+    remote: bool = True  # the reply came from the relay (diagnostic-code: smtp)
+
+
+def status_of(reply: str, default: str = "5.0.0") -> str:
+    for word in reply.split()[:3]:
+        parts = word.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
+            return word
+    return default
+
+
+def build(
+    *,
+    qid: str,
+    sender: str,
+    failed: Sequence[FailedRecipient],
+    original: bytes,
+    hostname: str,
+    mailer_daemon: str,
+    relay: str,
+    arrival: float,
+    now: float | None = None,
+    headers_only: bool = True,
+) -> bytes:
+    """The bounce message (CRLF) to `sender`, from `mailer_daemon`."""
+    now = time.time() if now is None else now
+    boundary = f"{qid}.{binascii.hexlify(os.urandom(6)).decode()}/{hostname}"
+    names = "\r\n".join(f"<{f.address}>: {clean_line(f.reply)}" for f in failed)
+    head, _, _ = original.partition(b"\r\n\r\n")
+    returned = head + b"\r\n" if headers_only else original
+    human = (
+        f"This is the mail system at host {hostname}.\r\n\r\n"
+        "I'm sorry to have to inform you that your message could not\r\n"
+        "be delivered to one or more recipients. It's attached below.\r\n\r\n"
+        f"{names}\r\n"
+    )
+    per_rcpt = "".join(
+        f"\r\nFinal-Recipient: rfc822; {f.address}\r\n"
+        f"Action: failed\r\n"
+        f"Status: {f.status or status_of(f.reply)}\r\n"
+        + (f"Remote-MTA: dns; {relay}\r\n" if f.remote and relay else "")
+        + f"Diagnostic-Code: smtp; {clean_line(f.reply)}\r\n"
+        for f in failed
+    )
+    parts = [
+        f"From: Mail Delivery System <{mailer_daemon}>",
+        f"To: <{sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {format_date(now)}",
+        f"Message-ID: <{qid}.bounce.{binascii.hexlify(os.urandom(4)).decode()}@{hostname}>",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        human,
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        f"Reporting-MTA: dns; {hostname}\r\nX-Relay-Agent-Queue-ID: {qid}\r\n"
+        f"Arrival-Date: {format_date(arrival)}\r\n" + per_rcpt,
+        f"--{boundary}",
+        "Content-Description: Undelivered Message Headers" if headers_only else "Content-Description: Undelivered Message",
+        "Content-Type: text/rfc822-headers" if headers_only else "Content-Type: message/rfc822",
+        "",
+    ]
+    text = "\r\n".join(parts).encode()
+    return text + returned + f"\r\n--{boundary}--\r\n".encode()

@@ -1,0 +1,209 @@
+"""The only code that touches the queue directories.
+
+Durability: a message is acknowledged (exit 0 / 250) only after
+tmp/ID is written, fsynced, renamed to msg/ID and msg/ is fsynced. A crash
+before the rename leaves a file in tmp/ that nobody acknowledged; recovery
+moves it to corrupt/ rather than deleting mail silently.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent import envelope as fmt
+from agent.errors import NoSpaceError, TempError
+
+SUBDIRS = ("tmp", "msg", "state", "corrupt")
+READ_CHUNK = 1 << 16
+
+
+def new_id(now: float | None = None) -> str:
+    """16 upper-case hex digits: microseconds (sort by arrival) + randomness."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros & 0xFFFFFFFFFFF:011X}{binascii.hexlify(os.urandom(3)).decode()[:5].upper()}"
+
+
+def valid_id(qid: str) -> bool:
+    return len(qid) == 16 and all(c in "0123456789ABCDEF" for c in qid)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Create `path` exclusively, write, fsync. Raises FileExistsError if present."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One queued message as listings show it."""
+
+    qid: str
+    envelope: fmt.Envelope
+    state: fmt.State
+    size: int
+
+
+class Queue:
+    def __init__(self, path: str, min_free: int = 0) -> None:
+        self.path = path
+        self.min_free = min_free
+        self.tmp = os.path.join(path, "tmp")
+        self.msg = os.path.join(path, "msg")
+        self.statedir = os.path.join(path, "state")
+        self.corrupt = os.path.join(path, "corrupt")
+
+    # -- setup and recovery -------------------------------------------------
+    def ensure_dirs(self) -> None:
+        old = os.umask(0o077)
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.chmod(self.path, 0o700)
+            for sub in SUBDIRS:
+                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        finally:
+            os.umask(old)
+
+    def recover(self) -> list[str]:
+        """Move never-acknowledged tmp files to corrupt/; drop orphan state files.
+
+        Returns one log line per action. msg/ files were fsynced before their
+        rename, so they are complete; they are checked when read.
+        """
+        notes = []
+        for name in os.listdir(self.tmp):
+            self._quarantine(os.path.join(self.tmp, name), name)
+            notes.append(f"{name}: unacknowledged partial file from a crash moved to corrupt/")
+        msgs = set(os.listdir(self.msg))
+        for name in os.listdir(self.statedir):
+            if name.endswith(".tmp") or name not in msgs:
+                os.unlink(os.path.join(self.statedir, name))
+        return notes
+
+    def _quarantine(self, src: str, name: str) -> None:
+        dst = os.path.join(self.corrupt, f"{name}.{int(time.time())}")
+        os.rename(src, dst)
+
+    def quarantine(self, qid: str, reason: str) -> str:
+        self._quarantine(self.msg_path(qid), qid)
+        self._unlink_quiet(self.state_path(qid))
+        return f"{qid}: moved to corrupt/: {reason}"
+
+    # -- entering -------------------------------------------------------------
+    def check_space(self) -> None:
+        if not self.min_free:
+            return
+        st = os.statvfs(self.path)
+        if st.f_bavail * st.f_frsize < self.min_free:
+            raise NoSpaceError("insufficient queue space; try again later")
+
+    def enter(self, env: fmt.Envelope, message: bytes, qid: str | None = None) -> str:
+        """Durably store a message; return its id. Idempotent for a given qid."""
+        qid = qid or new_id()
+        data = fmt.encode(env, message)
+        tmp = os.path.join(self.tmp, qid)
+        final = self.msg_path(qid)
+        if os.path.exists(final):
+            return qid
+        try:
+            write_durably(tmp, data)
+            os.rename(tmp, final)
+            fsync_dir(self.msg)
+        except OSError as exc:
+            raise TempError(f"cannot write queue file: {exc.strerror}") from None
+        return qid
+
+    # -- reading --------------------------------------------------------------
+    def msg_path(self, qid: str) -> str:
+        return os.path.join(self.msg, qid)
+
+    def state_path(self, qid: str) -> str:
+        return os.path.join(self.statedir, qid)
+
+    def ids(self) -> Iterator[str]:
+        with os.scandir(self.msg) as it:
+            for e in it:
+                if valid_id(e.name):
+                    yield e.name
+
+    def read(self, qid: str) -> tuple[fmt.Envelope, bytes]:
+        with open(self.msg_path(qid), "rb") as fh:
+            return fmt.decode(fh.read())
+
+    def read_envelope(self, qid: str) -> tuple[fmt.Envelope, int]:
+        """Envelope and message size without reading the message itself."""
+        with open(self.msg_path(qid), "rb") as fh:
+            head = fh.read(READ_CHUNK)
+            while b"\n\n" not in head and len(head) < fmt.MAX_HEADER:
+                more = fh.read(READ_CHUNK)
+                if not more:
+                    break
+                head += more
+        block, _ = fmt.split_header(head)
+        return fmt.parse_header(block)
+
+    def read_state(self, qid: str) -> fmt.State:
+        try:
+            with open(self.state_path(qid), "rb") as fh:
+                return fmt.decode_state(fh.read())
+        except FileNotFoundError:
+            return fmt.State()
+
+    def has_state(self) -> set[str]:
+        return set(os.listdir(self.statedir))
+
+    def entries(self) -> Iterator[Entry]:
+        with_state = self.has_state()
+        for qid in sorted(self.ids()):
+            try:
+                env, size = self.read_envelope(qid)
+                st = self.read_state(qid) if qid in with_state else fmt.State()
+            except (OSError, fmt.FormatError):
+                continue  # vanished (delivered) or broken: the daemon quarantines it
+            yield Entry(qid, env, st, size)
+
+    # -- changing -------------------------------------------------------------
+    def write_state(self, qid: str, st: fmt.State) -> None:
+        """Atomically replace the state file: one fsync per recorded transaction."""
+        tmp = self.state_path(qid) + ".tmp"
+        self._unlink_quiet(tmp)
+        write_durably(tmp, fmt.encode_state(st))
+        os.rename(tmp, self.state_path(qid))
+        fsync_dir(self.statedir)
+
+    def remove(self, qid: str, sync: bool = True) -> None:
+        """Forget a finished message: msg first, so a crash leaves at most an orphan state."""
+        self._unlink_quiet(self.msg_path(qid))
+        self._unlink_quiet(self.state_path(qid))
+        if sync:
+            fsync_dir(self.msg)
+
+    def exists(self, qid: str) -> bool:
+        return os.path.exists(self.msg_path(qid))
+
+    @staticmethod
+    def _unlink_quiet(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
