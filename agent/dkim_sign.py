@@ -1,0 +1,172 @@
+"""DKIM signing: dkimpy's canonicalization and header hashing, `cryptography`'s private-key step.
+
+dkimpy computes RSA in pure Python (~10 ms per signature) and needs PyNaCl for
+Ed25519. We keep everything that decides *what* is signed in dkimpy (header
+selection, relaxed canonicalization, the b= blanking and folding of the
+signature header) and only swap the final private-key operation, so a signature
+is byte-identical to `dkim.sign()` with the same key, headers and timestamp
+(RSASSA-PKCS1-v1_5 is deterministic; tests/test_dkim_sign.py checks it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy
+
+from agent import dkim_keys
+from agent.config import Config
+from agent.dkim_policy import signing_domain
+from agent.errors import ConfigError, MessageError
+
+__all__ = ["SIGNED_HEADERS", "Signer", "include_headers", "signature_header"]
+
+# Signed when present (RFC 6376 5.4.1 recommendations plus one-click unsubscribe, RFC 8058).
+SIGNED_HEADERS = frozenset(
+    {
+        b"from",
+        b"to",
+        b"cc",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"reply-to",
+        b"in-reply-to",
+        b"references",
+        b"mime-version",
+        b"content-type",
+        b"content-transfer-encoding",
+        b"list-unsubscribe",
+        b"list-unsubscribe-post",
+    }
+)
+HEADER_NAME = b"DKIM-Signature"
+CANON = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    domain: str
+    selector: str
+    key: dkim_keys.PrivateKey
+
+    @property
+    def algorithm(self) -> bytes:
+        return b"rsa-sha256" if isinstance(self.key, rsa.RSAPrivateKey) else b"ed25519-sha256"
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """The raw signature over a SHA-256 digest of the canonicalized header data."""
+        if isinstance(self.key, rsa.RSAPrivateKey):
+            return self.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        # RFC 8463 3: Ed25519 signs the SHA-256 hash, not the data itself (as dkimpy does).
+        return self.key.sign(digest)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    headers: list[Any]  # dkimpy's [name, value] pairs, values with their CRLF
+    canon_headers: list[Any]
+    body_hash: bytes  # base64 SHA-256 of the relaxed-canonicalized body
+
+
+def parse(message: bytes) -> ParsedMessage:
+    """Split and canonicalize once; every signature on the message reuses it."""
+    end = message.find(b"\r\n\r\n")
+    if message.startswith(b"\r\n"):
+        head, body = b"", message[2:]
+    elif end < 0:
+        head, body = message, b""
+    else:
+        # Parsing only the header block keeps dkimpy from splitting a 25 MB body into lines.
+        head, body = message[: end + 2], message[end + 4 :]
+    try:
+        headers = dkim.rfc822_parse(head)[0]
+    except dkim.MessageFormatError as exc:
+        raise MessageError(f"cannot DKIM-sign: {exc}") from None
+    body_hash = base64.b64encode(hashlib.sha256(CANON.canonicalize_body(body)).digest())
+    return ParsedMessage(headers, CANON.canonicalize_headers(headers), body_hash)
+
+
+def include_headers(headers: list[Any]) -> tuple[bytes, ...]:
+    """h=: each present signed header once per occurrence, then From once more (over-signing)."""
+    names = [bytes(name).lower() for name, _ in headers if bytes(name).lower() in SIGNED_HEADERS]
+    if b"from" not in names:
+        raise MessageError("cannot DKIM-sign a message without a From: header")
+    return (*names, b"from")
+
+
+def signature_header(parsed: ParsedMessage, key: SigningKey, timestamp: int) -> bytes:
+    """One DKIM-Signature header line (folded, CRLF-terminated), built as dkimpy's gen_header does."""
+    include = include_headers(parsed.headers)
+    domain = key.domain.encode("ascii")
+    fields = [
+        (b"v", b"1"),
+        (b"a", key.algorithm),
+        (b"c", CANON.to_c_value()),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", key.selector.encode("ascii")),
+        (b"t", str(timestamp).encode("ascii")),
+        (b"h", b" : ".join(include)),
+        (b"bh", parsed.body_hash),
+        # a placeholder long enough that b= folds onto its own line, as dkimpy does
+        (b"b", b"0" * 60),
+    ]
+    draft = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME), linesep=b"\r\n")
+    draft = dkim.RE_BTAG.sub(b"\\1", draft)
+    hasher = hashlib.sha256()
+    dkim.hash_headers(hasher, CANON, parsed.canon_headers, include, (HEADER_NAME, b" " + draft), dict(fields))
+    fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
+    value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+    folded: bytes = dkim.fold(value, namelen=len(HEADER_NAME), linesep=b"\r\n")
+    return HEADER_NAME + b": " + folded
+
+
+class Signer:
+    """Every configured key, loaded once; rebuilt on SIGHUP by building a new Signer."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.keys: tuple[SigningKey, ...] = tuple(_load(cfg))
+        self.domains: frozenset[str] = frozenset(k.domain for k in self.keys)
+
+    def has_key_for(self, from_domain: str) -> bool:
+        return signing_domain(from_domain, self.domains) is not None
+
+    def keys_for(self, from_domain: str) -> tuple[SigningKey, ...]:
+        domain = signing_domain(from_domain, self.domains)
+        return tuple(k for k in self.keys if k.domain == domain) if domain else ()
+
+    def sign(self, message: bytes, from_domain: str, timestamp: int | None = None) -> bytes:
+        """The message with one DKIM-Signature per key of the chosen domain prepended.
+
+        Unchanged when no key applies: whether that is allowed is the caller's policy.
+        Any existing DKIM-Signature stays where it is, below ours.
+        """
+        keys = self.keys_for(from_domain)
+        if not keys:
+            return message
+        parsed = parse(message)
+        now = int(time.time()) if timestamp is None else timestamp
+        return b"".join(signature_header(parsed, k, now) for k in keys) + message
+
+
+def _load(cfg: Config) -> list[SigningKey]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for entry in cfg.dkim:
+        ident = (entry.domain, entry.selector)
+        if ident in seen:
+            raise ConfigError(f"[[dkim]] {entry.selector}._domainkey.{entry.domain} is configured twice")
+        seen.add(ident)
+        if not entry.selector.isascii() or not entry.domain.isascii():
+            raise ConfigError(f"[[dkim]] {entry.domain}/{entry.selector}: use the A-label (punycode) form")
+        out.append(SigningKey(entry.domain, entry.selector, dkim_keys.load_private_key(entry.key_file)))
+    return out
