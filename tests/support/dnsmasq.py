@@ -73,6 +73,8 @@ class DnsServer:
             "--no-resolv",
             "--no-hosts",
             "--no-poll",
+            # answer NXDOMAIN (not REFUSED) for names we hold no record for
+            "--local=/#/",
             f"--port={self.port}",
             "--listen-address=127.0.0.1",
             "--bind-interfaces",
