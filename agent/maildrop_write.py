@@ -1,0 +1,102 @@
+"""Drop a message into the maildrop while the daemon is down.
+
+Same discipline as the queue: write a dot-file (the daemon ignores those),
+fsync, rename to a random name, fsync the directory; only then is the caller
+told the mail is safe. The maildrop is 1733 (sticky, not listable), so names
+are random and files are created with O_EXCL|O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from agent.errors import NoSpaceError, TempError
+
+MAILDROP_MODE = 0o1733
+
+
+def ensure_dir(maildrop: str) -> None:
+    """Create the maildrop when root (install/daemon normally do); others cannot."""
+    if os.path.isdir(maildrop):
+        return
+    if os.geteuid() != 0:
+        raise TempError(f"maildrop {maildrop} does not exist (is relay-agent installed?)")
+    try:
+        os.makedirs(os.path.dirname(maildrop) or "/", exist_ok=True)
+        os.mkdir(maildrop, MAILDROP_MODE)
+        os.chmod(maildrop, MAILDROP_MODE)  # mkdir's mode is cut by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TempError(f"cannot create maildrop {maildrop}: {exc.strerror}") from None
+
+
+def check_space(maildrop: str, min_free: int) -> None:
+    try:
+        st = os.statvfs(maildrop)
+    except OSError as exc:
+        raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
+    if st.f_bavail * st.f_frsize < min_free:
+        raise NoSpaceError("queue file system is full")
+
+
+def write(
+    maildrop: str,
+    min_free: int,
+    sender: str,
+    recipients: list[str],
+    message: bytes,
+    dsn: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """Durably store one message; returns its file name. Raises TempError on any trouble."""
+    # imported here, not at the top: the daemon-up path never needs it
+    from agent.envelope import Envelope, encode
+
+    ensure_dir(maildrop)
+    check_space(maildrop, min_free)
+    data = encode(Envelope(sender, tuple(recipients), time.time(), dsn, os.getuid()), message)
+    name = os.urandom(16).hex()
+    tmp = f"{maildrop}/.t{name}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # the daemon (another user) must read it whatever our umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, f"{maildrop}/{name}")
+        _fsync_dir(maildrop)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        if exc.errno == 28:  # ENOSPC
+            raise NoSpaceError("queue file system is full") from None
+        raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
+    return name
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        # a 1733 maildrop is not readable by other users, so they cannot open it to
+        # fsync the rename; sync(2) is slower but still makes the rename durable
+        os.sync()
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,228 @@
+"""`sendmail`: the drop-in entry point cron, PHP and friends spawn once per message.
+
+Startup time is the product here (budget: 20 ms), so this module and all it
+imports on the normal path stay on cheap builtins: no re, json, tomllib, socket,
+email, asyncio, typing or dataclasses. The config comes from a pre-digested
+marshal file (agent.digest); TOML is parsed only when that is stale.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+import time
+
+from agent import addressing, digest, headers, maildrop_write, smtp_client_lite
+from agent.config_path import find_path
+from agent.dkim_policy import signing_domain, unsigned_refusal
+from agent.errors import EX_TEMPFAIL, AgentError, MessageError, PolicyError, TempError, TooBigError
+from agent.sendmail_args import Options, parse
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
+
+class Runtime:
+    """What sendmail needs from the config (see agent.digest.build)."""
+
+    __slots__ = (
+        "aliases",
+        "default_from",
+        "dkim_domains",
+        "hostname",
+        "local_names",
+        "maildrop",
+        "max_message_size",
+        "min_free",
+        "rewrite_local",
+        "socket",
+        "unsigned",
+    )
+
+    def __init__(self, d: dict[str, object]) -> None:
+        self.maildrop = str(d["maildrop"])
+        self.min_free = _int(d["min_free"])
+        self.max_message_size = _int(d["max_message_size"])
+        self.socket = str(d["socket"])
+        self.default_from = str(d["default_from"])
+        self.rewrite_local = bool(d["rewrite_local"])
+        raw_aliases = d["aliases"]
+        self.aliases = (
+            {str(k): str(v) for k, v in raw_aliases.items()} if isinstance(raw_aliases, dict) else {}
+        )
+        raw_domains = d["dkim_domains"]
+        self.dkim_domains = [str(x) for x in raw_domains] if isinstance(raw_domains, list) else []
+        self.unsigned = str(d["unsigned"])
+        self.hostname = str(d["hostname"]) or os.uname().nodename
+        self.local_names = addressing.local_names(self.hostname)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def load_runtime(cli_path: str | None) -> Runtime:
+    """A fresh digest when there is one; otherwise parse the TOML and try to leave a digest."""
+    path = find_path(cli_path)
+    fast = digest.load(path)
+    if fast is not None:
+        return Runtime(fast)
+    from agent import config  # the slow path: tomllib, dataclasses, socket
+
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:
+        st = None
+    cfg = config.load(cli_path)
+    if st is not None and cfg.path:
+        digest.write(cfg, st)
+    return Runtime(digest.build(cfg, st))
+
+
+def read_message(stream: BinaryIO | None, ignore_dots: bool, limit: int) -> bytes:
+    """stdin up to EOF, or (without -i) up to a line holding a lone "."."""
+    if stream is None:
+        return b""
+    if ignore_dots:
+        data = stream.read(limit + 1)
+    else:
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            line = stream.readline(limit + 2 - size)
+            if not line or line in (b".\n", b".\r\n", b"."):
+                break
+            parts.append(line)
+            size += len(line)
+        data = b"".join(parts)
+    if len(data) > limit:
+        raise TooBigError(f"message exceeds the size limit of {limit} bytes (limits.max_message_size)")
+    return data
+
+
+def normalize(data: bytes) -> bytes:
+    """Refuse NUL bytes, drop an mbox "From " line, make every line end in CRLF."""
+    if b"\0" in data:
+        raise MessageError("message contains NUL bytes")
+    if data.startswith(b"From "):
+        nl = data.find(b"\n")
+        data = b"" if nl < 0 else data[nl + 1 :]
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def login_name() -> str:
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def local_sender(rt: Runtime, addr: str) -> str:
+    return addressing.rewrite_sender(addr, rt.default_from, rt.rewrite_local, rt.local_names, rt.hostname)
+
+
+def envelope_sender(rt: Runtime, raw: str | None) -> str:
+    """-f/-r (or MAIL FROM) value, else the login name; local senders rewritten."""
+    return local_sender(rt, login_name() if raw is None else addressing.parse_sender(raw))
+
+
+def prepare(
+    rt: Runtime, message: bytes, sender: str, recipients: list[str], full_name: str, extract: bool
+) -> tuple[list[str], bytes]:
+    """Final recipients and message: -t, aliases, Bcc removal, missing headers, DKIM policy."""
+    wanted = [a for r in recipients for a in addressing.parse_address_list(r)]
+    if extract:
+        wanted += headers.recipients_for_t(message)
+    rcpts = addressing.resolve_all(wanted, rt.aliases, rt.local_names)
+    if not rcpts:
+        raise MessageError("no recipients (give them as arguments, or use -t with To:/Cc:/Bcc:)")
+    message = headers.rewrite_from(headers.strip_bcc(message), lambda addr: local_sender(rt, addr))
+    message = headers.add_missing(message, sender, full_name, rt.hostname, time.time())
+    if rt.unsigned == "reject":
+        domain = headers.from_domain(message)
+        if signing_domain(domain, rt.dkim_domains) is None:
+            raise PolicyError(unsigned_refusal(domain))
+    return rcpts, message
+
+
+def deliver(
+    rt: Runtime, sender: str, rcpts: list[str], message: bytes, dsn: tuple[tuple[str, str], ...]
+) -> str:
+    """Durably queue the message: through the daemon if it answers, else the maildrop."""
+    try:
+        smtp_client_lite.submit(rt.socket, rt.hostname, sender, rcpts, message, dsn)
+        return "daemon"
+    except smtp_client_lite.Unavailable:
+        maildrop_write.write(rt.maildrop, rt.min_free, sender, rcpts, message, dsn)
+        return "maildrop"
+
+
+def send(opts: Options, rt: Runtime, stream: BinaryIO | None) -> int:
+    message = normalize(read_message(stream, opts.ignore_dots, rt.max_message_size))
+    sender = envelope_sender(rt, opts.sender)
+    rcpts, message = prepare(rt, message, sender, list(opts.recipients), opts.full_name, opts.extract)
+    deliver(rt, sender, rcpts, message, opts.dsn())
+    return 0
+
+
+def flush(rt: Runtime) -> int:
+    try:
+        reply = smtp_client_lite.flush(rt.socket, rt.hostname)
+    except smtp_client_lite.Unavailable:
+        raise TempError(f"the relay-agent daemon is not running ({rt.socket}); queue not flushed") from None
+    if reply.code // 100 != 2:
+        raise smtp_client_lite.error_for_reply(reply)
+    return 0
+
+
+def run(argv: list[str], prog: str) -> int:
+    opts = parse(argv, prog)
+    if opts.mode == "list":
+        import importlib
+
+        mailq_args = list(opts.recipients) + (["--config", opts.config] if opts.config else [])
+        return int(importlib.import_module("agent.mailq").main(mailq_args))
+    if opts.mode == "newaliases":
+        return 0
+    rt = load_runtime(opts.config)
+    if opts.mode == "flush":
+        return flush(rt)
+    stdin = sys.stdin.buffer if sys.stdin is not None else None
+    if opts.mode == "smtp":
+        from agent.sendmail_bs import serve
+
+        return serve(rt, opts, stdin, sys.stdout.buffer)
+    return send(opts, rt, stdin)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point; every failure is one `sendmail: reason` line on stderr and a sysexit."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if prog is None:
+        prog = sys.argv[0] if sys.argv else "sendmail"
+    try:
+        return run(argv, prog)
+    except AgentError as exc:
+        code, reason = exc.exit_code, exc.message
+    except KeyboardInterrupt:
+        code, reason = EX_TEMPFAIL, "interrupted; the message was not queued"
+    except Exception as exc:  # never lose mail silently: a temporary failure makes the caller retry
+        code, reason = EX_TEMPFAIL, f"internal error, message not queued: {type(exc).__name__}: {exc}"
+    try:
+        sys.stderr.write(f"sendmail: {one_line(reason)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""A minimal SMTP client for the daemon's Unix socket, on `_socket` (not `socket`: ~10 ms cheaper).
+
+Only what sendmail needs: one transaction, then QUIT. Replies map to agent.errors
+types in `error_for_reply`, the one place that turns SMTP codes into sysexits.
+"""
+
+from __future__ import annotations
+
+import _socket
+
+from agent.errors import (
+    AgentError,
+    MessageError,
+    NoSpaceError,
+    PolicyError,
+    TempError,
+    TooBigError,
+    UnknownRecipientError,
+)
+
+CONNECT_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 60.0
+DATA_TIMEOUT = 600.0  # the daemon answers the final "." only after fsync
+MAX_LINE = 4096
+
+
+class Unavailable(Exception):
+    """The daemon cannot be reached (or left) before the message was handed over: use the maildrop."""
+
+
+class Reply:
+    __slots__ = ("code", "lines")
+
+    def __init__(self, code: int, lines: list[str]) -> None:
+        self.code = code
+        self.lines = lines
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.lines).split())
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".strip()
+
+
+def error_for_reply(reply: Reply) -> AgentError:
+    """The error (hence exit status) for a refusal, carrying the server's words."""
+    code, text = reply.code, str(reply)
+    status = reply.text.split(" ", 1)[0] if reply.lines else ""
+    if code >= 500:
+        if status.startswith("5.1.1"):
+            return UnknownRecipientError(text)
+        if status.startswith("5.7."):
+            return PolicyError(text)
+        if code == 552 or status.startswith("5.3.4"):
+            return TooBigError(text)
+        if status[:4] in ("5.1.", "5.5.", "5.6."):
+            return MessageError(text)
+        if code in (550, 553):
+            return PolicyError(text)
+        return MessageError(text)
+    if code == 452:
+        return NoSpaceError(text)
+    return TempError(text)
+
+
+class Connection:
+    """One SMTP session over a stream socket."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    @classmethod
+    def open_unix(cls, path: str, timeout: float = CONNECT_TIMEOUT) -> Connection:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"{path}: {exc.strerror or exc}") from None
+        return cls(sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _line(self) -> bytes:
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
+                return line.rstrip(b"\r")
+            if len(self.buf) > MAX_LINE:
+                raise OSError("SMTP reply line too long")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("connection closed by the daemon")
+            self.buf += chunk
+
+    def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        self.sock.settimeout(timeout)
+        lines: list[str] = []
+        while True:
+            line = self._line().decode("utf-8", "replace")
+            if len(line) < 3 or not line[:3].isdigit():
+                raise OSError(f"malformed SMTP reply {line[:40]!r}")
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return Reply(int(line[:3]), lines)
+
+    def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        self.send(line.encode() + b"\r\n")
+        return self.reply(timeout)
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """DATA payload for a CRLF message, including the terminating ".\r\n"."""
+    body = message.replace(b"\r\n.", b"\r\n..")
+    if body.startswith(b"."):
+        body = b"." + body
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext for ENVID."""
+    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value)
+
+
+def _extensions(reply: Reply) -> set[str]:
+    return {line.split(" ", 1)[0].upper() for line in reply.lines[1:]}
+
+
+def submit(
+    path: str,
+    helo: str,
+    sender: str,
+    recipients: list[str],
+    message: bytes,
+    dsn: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Hand one message to the daemon; returns once it replied 250 to the final ".".
+
+    Raises Unavailable when the message can safely go to the maildrop instead
+    (nothing was handed over), an AgentError for a refusal or a lost session.
+    """
+    conn = Connection.open_unix(path)
+    try:
+        _transaction(conn, helo, sender, recipients, message, dict(dsn))
+    finally:
+        conn.close()
+
+
+def _transaction(
+    conn: Connection, helo: str, sender: str, rcpts: list[str], message: bytes, dsn: dict[str, str]
+) -> None:
+    try:
+        greeting = conn.reply(CONNECT_TIMEOUT)
+        if greeting.code != 220:
+            raise Unavailable(f"daemon greeting: {greeting}")
+        ehlo = conn.command(f"EHLO {helo or 'localhost'}")
+        if ehlo.code != 250:
+            raise Unavailable(f"daemon EHLO reply: {ehlo}")
+        ext = _extensions(ehlo)
+        _envelope(conn, ext, sender, rcpts, message, dsn)
+    except OSError as exc:
+        raise Unavailable(f"daemon session failed: {exc}") from None
+    try:
+        conn.send(dot_stuff(message))
+        final = conn.reply(DATA_TIMEOUT)
+    except OSError as exc:
+        # the daemon may or may not have queued it: make the caller retry, never drop it
+        raise TempError(f"lost the daemon while sending the message: {exc}") from None
+    if final.code != 250:
+        raise _refusal(conn, final)
+    _quit(conn)
+
+
+def _envelope(
+    conn: Connection, ext: set[str], sender: str, rcpts: list[str], message: bytes, dsn: dict[str, str]
+) -> None:
+    """MAIL, RCPT... and DATA; with PIPELINING in one write (fewer round trips: startup budget)."""
+    mail = f"MAIL FROM:<{sender}>"
+    if "SIZE" in ext:
+        mail += f" SIZE={len(message)}"
+    if "8BITMIME" in ext and not message.isascii():
+        mail += " BODY=8BITMIME"
+    if "DSN" in ext and "ret" in dsn:
+        mail += f" RET={dsn['ret']}"
+    if "DSN" in ext and "envid" in dsn:
+        mail += f" ENVID={xtext(dsn['envid'])}"
+    notify = f" NOTIFY={dsn['notify']}" if "DSN" in ext and "notify" in dsn else ""
+    commands = [mail] + [f"RCPT TO:<{rcpt}>{notify}" for rcpt in rcpts] + ["DATA"]
+    if "PIPELINING" in ext:
+        conn.send("".join(c + "\r\n" for c in commands).encode())
+        replies = [conn.reply() for _ in commands]
+    else:
+        replies = []
+        for c in commands:
+            replies.append(conn.command(c))
+            if replies[-1].code >= 400:
+                break
+    for command, reply in zip(commands, replies, strict=False):
+        ok = (354,) if command == "DATA" else (250, 251)
+        if reply.code not in ok:
+            # one refused recipient refuses the message. If a pipelined DATA got 354 anyway,
+            # closing without the final "." abandons the transaction (QUIT would be data)
+            if replies[-1].code == 354:
+                raise error_for_reply(reply) if reply.code != 421 else Unavailable(str(reply))
+            raise _refusal(conn, reply, before_data=True)
+
+
+def _refusal(conn: Connection, reply: Reply, before_data: bool = False) -> Exception:
+    _quit(conn)
+    if before_data and reply.code == 421:
+        return Unavailable(f"daemon is closing: {reply}")  # nothing handed over yet: maildrop is safe
+    return error_for_reply(reply)
+
+
+def _quit(conn: Connection) -> None:
+    # the 221 is not worth a round trip: everything that matters was answered already
+    try:
+        conn.send(b"QUIT\r\n")
+    except OSError:
+        pass
+
+
+def flush(path: str, helo: str) -> Reply:
+    """Ask the daemon to run its queue now (ETRN on the local socket)."""
+    conn = Connection.open_unix(path)
+    try:
+        try:
+            if conn.reply(CONNECT_TIMEOUT).code != 220:
+                raise Unavailable("the daemon is not accepting connections")
+            conn.command(f"EHLO {helo or 'localhost'}")
+            reply = conn.command("ETRN relay-agent")
+        except OSError as exc:
+            raise Unavailable(f"daemon session failed: {exc}") from None
+        _quit(conn)
+        return reply
+    finally:
+        conn.close()
