@@ -11,7 +11,7 @@ def next_delay(attempts: int, initial: float, cap: float, jitter: float = 0.1) -
     Doubles from `initial` up to `cap`; a little jitter keeps a fleet that lost its
     relay at the same moment from coming back in lock-step.
     """
-    base = min(cap, initial * (2 ** max(0, min(attempts - 1, 40))))
+    base = min(cap, initial * float(2 ** max(0, min(attempts - 1, 40))))
     if jitter:
         base *= 1 + random.uniform(-jitter, jitter)
     return max(1.0, min(base, cap))

@@ -89,7 +89,9 @@ def build(
         f"Reporting-MTA: dns; {hostname}\r\nX-Relay-Agent-Queue-ID: {qid}\r\n"
         f"Arrival-Date: {format_date(arrival)}\r\n" + per_rcpt,
         f"--{boundary}",
-        "Content-Description: Undelivered Message Headers" if headers_only else "Content-Description: Undelivered Message",
+        "Content-Description: Undelivered Message Headers"
+        if headers_only
+        else "Content-Description: Undelivered Message",
         "Content-Type: text/rfc822-headers" if headers_only else "Content-Type: message/rfc822",
         "",
     ]

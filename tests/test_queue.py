@@ -15,7 +15,9 @@ from agent import backoff, bounce, envelope
 from agent.queue import Queue, new_id, valid_id
 from agent.queue_view import collect, format_mailq
 
-ENV = envelope.Envelope("a@example.com", ("b@example.net", "c@example.net"), 1700000000.5, (("notify", "NEVER"),), 1000)
+ENV = envelope.Envelope(
+    "a@example.com", ("b@example.net", "c@example.net"), 1700000000.5, (("notify", "NEVER"),), 1000
+)
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 
 
@@ -94,8 +96,11 @@ def test_decode_arbitrary_bytes_only_raises_format_error(data: bytes) -> None:
 @given(
     st.text(alphabet=st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)), max_size=40),
     st.lists(
-        st.text(alphabet=st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)), min_size=1,
-                max_size=40),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\r\n\0", blacklist_categories=("Cs",)),
+            min_size=1,
+            max_size=40,
+        ),
         min_size=1,
         max_size=5,
     ),

@@ -1,7 +1,8 @@
 """A real DNS server for tests: dnsmasq on 127.0.0.1, authoritative for TXT records we give it.
 
 Usage:
-    with DnsServer({"example.com": ["v=spf1 -all"], "s._domainkey.example.com": ["v=DKIM1; ...", "..."]}) as dns:
+    records = {"example.com": ["v=spf1 -all"], "s._domainkey.example.com": ["v=DKIM1; ...", "..."]}
+    with DnsServer(records) as dns:
         dns.port  # query 127.0.0.1:dns.port
 
 Each list item is one TXT record; a record given as a tuple/list of strings is

@@ -1,0 +1,108 @@
+"""cleanup: validate → fix headers → make long lines safe → policy → DKIM-sign once → queue.
+
+Every way into the queue (SMTP on the socket or loopback, maildrop pickup,
+bounces) passes through `Cleanup.accept`, so every retry sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from agent import addressing, headers, longlines
+from agent.config import Config
+from agent.dkim_policy import unsigned_refusal
+from agent.dkim_sign import Signer
+from agent.envelope import Envelope, has_bad_chars
+from agent.errors import MessageError, PolicyError, TooBigError
+from agent.queue import Queue, new_id
+
+
+def to_crlf(message: bytes) -> bytes:
+    """Bare LF (and bare CR) become CRLF; existing CRLF stays."""
+    if b"\r" not in message:
+        return message.replace(b"\n", b"\r\n")
+    return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def rfc2822_date(now: float) -> str:
+    return headers.format_date(now)
+
+
+class Cleanup:
+    def __init__(self, cfg: Config, signer: Signer, queue: Queue) -> None:
+        self.cfg = cfg
+        self.signer = signer
+        self.queue = queue
+        self.local_names = addressing.local_names(cfg.hostname)
+
+    def recipient(self, addr: str) -> list[str]:
+        """Aliases applied; raises UnknownRecipientError / MessageError."""
+        if has_bad_chars(addr):
+            raise MessageError("address contains CR, LF or NUL")
+        return addressing.resolve_recipient(addr, self.cfg.aliases, self.local_names)
+
+    def sender(self, addr: str) -> str:
+        if has_bad_chars(addr):
+            raise MessageError("address contains CR, LF or NUL")
+        s = self.cfg.sender
+        return addressing.rewrite_sender(
+            addr, s.default_from, s.rewrite_local, self.local_names, self.cfg.hostname
+        )
+
+    def prepare(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        uid: int = -1,
+        dsn: tuple[tuple[str, str], ...] = (),
+        origin: str = "local",
+        qid: str = "",
+        now: float | None = None,
+    ) -> tuple[str, Envelope, bytes]:
+        """The pure part of accepting a message: returns (qid, envelope, signed bytes)."""
+        now = time.time() if now is None else now
+        qid = qid or new_id(now)
+        if len(message) > self.cfg.limits.max_message_size:
+            raise TooBigError(f"message exceeds the size limit of {self.cfg.limits.max_message_size} bytes")
+        if b"\0" in message:
+            raise MessageError("message contains NUL bytes")
+        rcpts: list[str] = []
+        for r in recipients:
+            for resolved in self.recipient(r):
+                if resolved not in rcpts:
+                    rcpts.append(resolved)
+        if not rcpts:
+            raise MessageError("no recipients")
+        sender = self.sender(sender) if sender else ""
+        body = to_crlf(message)
+        body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
+        body = longlines.make_safe(body)
+        body = self._received(qid, uid, origin, now) + body
+        body = self._sign(body)
+        return qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body
+
+    def accept(self, sender: str, recipients: Sequence[str], message: bytes, **kw: object) -> str:
+        """Prepare and durably enter a message; returns its queue id."""
+        self.queue.check_space()
+        qid, env, body = self.prepare(sender, recipients, message, **kw)  # type: ignore[arg-type]
+        return self.queue.enter(env, body, qid)
+
+    def _sign(self, message: bytes) -> bytes:
+        domain = headers.from_domain(message)
+        if self.signer.has_key_for(domain):
+            return self.signer.sign(message, domain)
+        if self.cfg.policy.unsigned == "reject":
+            raise PolicyError(unsigned_refusal(domain))
+        return message
+
+    def _received(self, qid: str, uid: int, origin: str, now: float) -> bytes:
+        who = f"from userid {uid}" if uid >= 0 else f"from {origin}"
+        line = f"Received: by {self.cfg.hostname} (relay-agent, {who})\r\n\tid {qid}; {rfc2822_date(now)}\r\n"
+        return line.encode()
+
+    def mailer_daemon(self) -> str:
+        domain = self.cfg.sender.default_from.rpartition("@")[2] or self.cfg.hostname
+        return f"MAILER-DAEMON@{domain}"

@@ -1,0 +1,256 @@
+"""`relay-agent`: the typer app. Commands stay thin; the work lives in modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from agent import config as config_mod
+from agent.config_path import ENV_VAR
+from agent.errors import AgentError, ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Durable outbound mail agent.")
+queue_app = typer.Typer(no_args_is_help=True, help="Inspect and manage the mail queue.")
+config_app = typer.Typer(no_args_is_help=True, help="Validate and show the config.")
+app.add_typer(queue_app, name="queue")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="config file (TOML)")]
+
+
+def fail(exc: AgentError) -> NoReturn:
+    typer.echo(f"relay-agent: {exc.message}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def use_config(path: str | None) -> None:
+    """--config before or after the subcommand: both end up in the environment."""
+    if path:
+        if not os.path.isfile(path):
+            fail(ConfigError(f"config file {path} (from --config) does not exist"))
+        os.environ[ENV_VAR] = os.path.abspath(path)
+
+
+def load(path: str | None = None) -> config_mod.Config:
+    use_config(path)
+    try:
+        return config_mod.load()
+    except AgentError as exc:
+        fail(exc)
+
+
+@app.callback()
+def main_callback(config: ConfigOpt = None) -> None:
+    use_config(config)
+
+
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Run the daemon in the foreground (systemd Type=notify)."""
+    use_config(config)
+    from agent import daemon
+
+    raise typer.Exit(daemon.main(None))
+
+
+@config_app.command("check")
+def config_check(
+    config: ConfigOpt = None, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False
+) -> None:
+    """Validate the config and print it, secrets redacted; refresh sendmail's digest."""
+    cfg = load(config)
+    if cfg.path:
+        try:
+            from agent import digest
+
+            digest.write(cfg)
+        except Exception:  # the digest is an optimisation; never fail the check for it
+            pass
+    if not quiet:
+        typer.echo(json.dumps(config_mod.redacted(cfg), indent=2))
+
+
+def _queue(cfg: config_mod.Config) -> Any:
+    from agent.queue import Queue
+
+    return Queue(cfg.queue.path, cfg.queue.min_free)
+
+
+def _items(cfg: config_mod.Config) -> list[dict[str, Any]]:
+    from agent.queue_view import collect
+
+    try:
+        return collect(_queue(cfg), cfg.queue.maildrop)
+    except PermissionError as exc:
+        fail(AgentError(f"cannot read the queue: {exc.strerror}: {exc.filename}"))
+
+
+@queue_app.command("list")
+def queue_list(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List queued, deferred and failed mail (mailq)."""
+    from agent.queue_view import format_mailq
+
+    items = _items(load(config))
+    typer.echo(json.dumps(items, indent=2) if as_json else format_mailq(items).rstrip("\n"))
+
+
+@queue_app.command("show")
+def queue_show(qid: str, config: ConfigOpt = None) -> None:
+    """Print one message: envelope, state and content."""
+    cfg = load(config)
+    q = _queue(cfg)
+    try:
+        env, message = q.read(qid.upper())
+    except (FileNotFoundError, ValueError):
+        fail(AgentError(f"no message {qid} in the queue"))
+    from agent.queue import Entry
+    from agent.queue_view import item
+
+    data = item(Entry(qid.upper(), env, q.read_state(qid.upper()), len(message)))
+    typer.echo(json.dumps(data, indent=2))
+    typer.echo("")
+    typer.echo(message.decode("utf-8", errors="replace").replace("\r\n", "\n"))
+
+
+@queue_app.command("flush")
+def queue_flush(config: ConfigOpt = None) -> None:
+    """Retry all deferred mail now."""
+    from agent import control
+
+    cfg = load(config)
+    if control.flush(cfg.listen.socket):
+        typer.echo("queue flush requested")
+    else:
+        fail(AgentError("the daemon is not running; the queue is tried when it starts"))
+
+
+@queue_app.command("delete")
+def queue_delete(
+    qid: Annotated[str | None, typer.Argument()] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    sender: Annotated[str | None, typer.Option("--sender")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete one message (ID), every message (--all) or a sender's (--sender ADDR)."""
+    cfg = load(config)
+    q = _queue(cfg)
+    if bool(qid) + all_ + bool(sender) != 1:
+        fail(AgentError("give exactly one of ID, --all or --sender ADDR"))
+    targets = []
+    for e in q.entries():
+        if all_ or e.qid == (qid or "").upper() or (sender and e.envelope.sender.lower() == sender.lower()):
+            targets.append(e.qid)
+    if qid and not targets:
+        fail(AgentError(f"no message {qid} in the queue"))
+    for t in targets:
+        q.remove(t)
+    typer.echo(f"deleted {len(targets)} message(s)")
+
+
+def _set_state(qid: str, config: str | None, new: str) -> None:
+    from agent import control
+
+    cfg = load(config)
+    q = _queue(cfg)
+    qid = qid.upper()
+    if not q.exists(qid):
+        fail(AgentError(f"no message {qid} in the queue"))
+    st = q.read_state(qid)
+    st.state = new
+    st.next_attempt = 0.0
+    q.write_state(qid, st)
+    control.flush(cfg.listen.socket)
+    typer.echo(f"{qid}: {'held' if new == 'hold' else 'released'}")
+
+
+@queue_app.command("hold")
+def queue_hold(qid: str, config: ConfigOpt = None) -> None:
+    """Keep a message in the queue without trying it."""
+    _set_state(qid, config, "hold")
+
+
+@queue_app.command("release")
+def queue_release(qid: str, config: ConfigOpt = None) -> None:
+    """Release a held message for delivery now."""
+    _set_state(qid, config, "queued")
+
+
+@app.command()
+def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Is the daemon running, what is queued, what has it done."""
+    from agent import control
+    from agent.queue_view import counts
+
+    cfg = load(config)
+    running = control.running(cfg.listen.socket)
+    c = counts(_items(cfg))
+    saved: dict[str, Any] = {}
+    try:
+        with open(os.path.join(cfg.queue.path, "status.json")) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    counters = saved.get("counters", {})
+    data = {
+        "running": running,
+        "queue": {"queued": c["queued"] + c["hold"], "deferred": c["deferred"], "failed": c["failed"]},
+        "counters": {k: int(counters.get(k, 0)) for k in ("sent", "deferred", "bounced")},
+        "last_relay_error": saved.get("last_relay_error"),
+    }
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    typer.echo(f"daemon: {'running' if running else 'not running'}")
+    q, k = data["queue"], data["counters"]
+    assert isinstance(q, dict) and isinstance(k, dict)
+    typer.echo(f"queue: {q['queued']} queued, {q['deferred']} deferred, {q['failed']} failed")
+    typer.echo(f"since start: {k['sent']} sent, {k['deferred']} deferred, {k['bounced']} bounced")
+    if data["last_relay_error"]:
+        typer.echo(f"last relay error: {data['last_relay_error']}")
+    if saved.get("updated"):
+        typer.echo(f"status updated {int(time.time() - saved['updated'])}s ago")
+
+
+@app.command()
+def demo() -> None:
+    """Run the whole path locally: no account, no network."""
+    from agent import demo as demo_mod
+
+    raise typer.Exit(demo_mod.main())
+
+
+def _attach_optional() -> None:
+    """Sub-apps written as their own modules."""
+    import importlib
+
+    for module, name in (
+        ("agent.cli_dkim", "dkim"),
+        ("agent.cli_dns", "dns"),
+        ("agent.cli_credentials", "credentials"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        app.add_typer(mod.app, name=name)
+    try:
+        inst = importlib.import_module("agent.cli_install")
+    except ImportError:
+        return
+    app.registered_commands += inst.app.registered_commands
+
+
+_attach_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except AgentError as exc:
+        print(f"relay-agent: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)

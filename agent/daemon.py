@@ -1,0 +1,260 @@
+"""`relay-agent run`: the composition root.
+
+Config, logging, the queue, listeners, maildrop pickup, the scheduler,
+signals (SIGTERM drains, SIGHUP reloads) and systemd notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from agent import config as config_mod
+from agent import credentials, pickup
+from agent.cleanup import Cleanup
+from agent.config import Config
+from agent.dkim_sign import Signer
+from agent.errors import AgentError, ConfigError
+from agent.queue import Queue
+from agent.scheduler import Counters, Scheduler
+from agent.server import Handler, factory
+
+log = logging.getLogger("relay-agent")
+
+DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work finished or requeued
+PICKUP_INTERVAL = 0.5
+STATUS_FILE = "status.json"
+STATUS_MIN_INTERVAL = 0.1  # at most ten status.json rewrites a second under load
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("relay-agent[%(process)d]: %(message)s"))
+    root = logging.getLogger("relay-agent")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def sd_notify(message: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(message.encode())
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.queue = Queue(cfg.queue.path, cfg.queue.min_free)
+        self.signer = Signer(cfg)
+        self._cleanup = Cleanup(cfg, self.signer, self.queue)
+        self.counters = Counters()
+        self._password = credentials.get_password(cfg)
+        self.scheduler = Scheduler(cfg, self.queue, self.cleanup, self.password, self.counters)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stop_event = asyncio.Event()
+        self.refused_drops: set[str] = set()
+
+    def cleanup(self) -> Cleanup:
+        return self._cleanup
+
+    def password(self) -> str | None:
+        return self._password
+
+    # -- start ----------------------------------------------------------------
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        self.queue.ensure_dirs()
+        pickup.ensure_maildrop(self.cfg.queue.maildrop)
+        for note in self.queue.recover():
+            log.warning("%s", note)
+        count = self.scheduler.load_index()
+        await self._listen()
+        log.info(
+            "started: %d message(s) queued, relay %s:%d, rate %.4g/s, ready in %.2fs",
+            count,
+            self.cfg.relay.host,
+            self.cfg.relay.port,
+            self.cfg.limits.rate,
+            time.monotonic() - t0,
+        )
+        if self.cfg.limits.shared:
+            log.warning("limits.shared (a fleet-wide rate in Redis) is not implemented; using the local rate")
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        lc = self.cfg.listen
+        handler = Handler(self.cleanup, self._queued, self.scheduler.flush, "local")
+        make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
+        if lc.socket:
+            os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lc.socket)
+            srv = await loop.create_unix_server(make, path=lc.socket)
+            if lc.socket_group:
+                os.chown(lc.socket, -1, grp.getgrnam(lc.socket_group).gr_gid)
+            os.chmod(lc.socket, int(lc.socket_mode, 8))
+            self.servers.append(srv)
+        if lc.smtp:
+            host, _, port = lc.smtp.rpartition(":")
+            tcp = Handler(self.cleanup, self._queued, self.scheduler.flush, "loopback")
+            make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
+            self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
+
+    def _queued(self, qid: str) -> None:
+        self.counters.bump("queued")
+        self.scheduler.add(qid)
+
+    # -- loops ----------------------------------------------------------------
+    async def pickup_loop(self) -> None:
+        corrupt = self.queue.corrupt
+        while not self.stop_event.is_set():
+            try:
+                names = [n for n in pickup.candidates(self.cfg.queue.maildrop) if n not in self.refused_drops]
+            except OSError as exc:
+                log.error("cannot read maildrop %s: %s", self.cfg.queue.maildrop, exc)
+                names = []
+            for name in names:
+                qid = await asyncio.to_thread(
+                    pickup.pick_one, self.cfg.queue.maildrop, name, self._cleanup, corrupt
+                )
+                if qid:
+                    self._queued(qid)
+                elif os.path.lexists(os.path.join(self.cfg.queue.maildrop, name)):
+                    self.refused_drops.add(name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), PICKUP_INTERVAL)
+
+    async def status_loop(self) -> None:
+        path = os.path.join(self.cfg.queue.path, STATUS_FILE)
+        while not self.stop_event.is_set():
+            self.counters.changed.clear()
+            await asyncio.to_thread(self.write_status, path)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.counters.changed.wait(), 5.0)
+            await asyncio.sleep(STATUS_MIN_INTERVAL)
+
+    def write_status(self, path: str) -> None:
+        c = self.counters
+        data = {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "counters": {"queued": c.queued, "sent": c.sent, "deferred": c.deferred, "bounced": c.bounced},
+            "last_relay_error": c.last_relay_error,
+        }
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+
+    async def watchdog_loop(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if not usec:
+            return
+        while not self.stop_event.is_set():
+            sd_notify("WATCHDOG=1")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), usec / 2e6)
+
+    # -- reload / stop ----------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            cfg = config_mod.load(self.cfg.path or None)
+            signer = Signer(cfg)
+            password = credentials.get_password(cfg)
+        except AgentError as exc:
+            log.error("reload failed, keeping the old config: %s", exc.message)
+            return
+        if (cfg.queue.path, cfg.listen) != (self.cfg.queue.path, self.cfg.listen):
+            log.warning("reload: queue path and listeners keep their old values until restart")
+        self.cfg = cfg
+        self.signer = signer
+        self._password = password
+        self._cleanup = Cleanup(cfg, signer, self.queue)
+        self.scheduler.reconfigure(cfg)
+        log.info("reloaded config, keys, aliases and credentials")
+
+    async def shutdown(self) -> None:
+        log.info("stopping: no new mail accepted; draining deliveries in flight")
+        for srv in self.servers:
+            srv.close()
+        await self.scheduler.stop()
+
+
+async def run(cfg: Config) -> int:
+    daemon = Daemon(cfg)
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.stop_event.set)
+    loop.add_signal_handler(signal.SIGINT, daemon.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    tasks = [
+        asyncio.create_task(daemon.scheduler.run()),
+        asyncio.create_task(daemon.pickup_loop()),
+        asyncio.create_task(daemon.status_loop()),
+        asyncio.create_task(daemon.watchdog_loop()),
+    ]
+    tasks += _optional_tasks(daemon)
+    sd_notify("READY=1\nSTATUS=accepting mail")
+    await daemon.stop_event.wait()
+    sd_notify("STOPPING=1")
+    await daemon.shutdown()
+    _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    daemon.write_status(os.path.join(cfg.queue.path, STATUS_FILE))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(cfg.listen.socket)
+    log.info("stopped")
+    return 0
+
+
+def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
+    tasks: list[asyncio.Task[Any]] = []
+    if daemon.cfg.metrics.listen:
+        from agent import metrics
+
+        tasks.append(asyncio.create_task(metrics.serve(daemon.cfg.metrics.listen, daemon.counters)))
+    # A daemon thread, not the loop's executor: a slow resolver must not delay shutdown.
+    threading.Thread(target=_dns_warnings, args=(daemon.cfg,), daemon=True).start()
+    return tasks
+
+
+def _dns_warnings(cfg: Config) -> None:
+    """The same checks as `dns check`, in the background: logged once, never blocking mail."""
+    try:
+        from agent import dnscheck
+
+        for line in dnscheck.startup_warnings(cfg):
+            log.warning("dns: %s", line)
+    except Exception as exc:  # a broken resolver must never take the daemon down
+        log.warning("dns: startup checks skipped: %s", exc)
+
+
+def main(config_path: str | None) -> int:
+    setup_logging()
+    try:
+        cfg = config_mod.load(config_path)
+        return asyncio.run(run(cfg))
+    except ConfigError as exc:
+        log.error("config error: %s", exc.message)
+        return exc.exit_code
+    except AgentError as exc:
+        log.error("%s", exc.message)
+        return exc.exit_code

@@ -1,0 +1,321 @@
+"""The delivery scheduler: a due-heap of (next_attempt, id), a bounded set of
+connection workers, the rate limiter acquired right before MAIL FROM, and the
+state moves after each transaction (one fsync per recorded transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+from agent import backoff, bounce
+from agent import envelope as fmt
+from agent.cleanup import Cleanup
+from agent.config import Config
+from agent.errors import AgentError
+from agent.queue import Queue
+from agent.relay import RcptResult, RelayConnection, RelayError
+
+log = logging.getLogger("relay-agent")
+
+CONNECT_BACKOFF_MAX = 30.0
+
+
+@dataclass
+class Counters:
+    queued: int = 0
+    sent: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    last_relay_error: str | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def bump(self, outcome: str, n: int = 1) -> None:
+        setattr(self, outcome, getattr(self, outcome) + n)
+        self.changed.set()
+
+    def relay_error(self, text: str) -> None:
+        self.last_relay_error = text
+        self.changed.set()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        cfg: Config,
+        queue: Queue,
+        cleanup: Callable[[], Cleanup],
+        password: Callable[[], str | None],
+        counters: Counters,
+    ) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.cleanup = cleanup
+        self.password = password
+        self.counters = counters
+        self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
+        self.heap: list[tuple[float, str]] = []
+        self.known: set[str] = set()
+        self.inflight: set[str] = set()
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.work: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.limits.connections * 2)
+
+    def reconfigure(self, cfg: Config) -> None:
+        if cfg.limits.rate != self.cfg.limits.rate:
+            self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
+        self.cfg = cfg
+
+    # -- the index ------------------------------------------------------------
+    def load_index(self) -> int:
+        """Index every queued message: (due, id) only, never message bodies."""
+        with_state = self.queue.has_state()
+        count = 0
+        for qid in self.queue.ids():
+            if qid in self.known:
+                continue
+            due = 0.0
+            if qid in with_state:
+                try:
+                    st = self.queue.read_state(qid)
+                except (OSError, fmt.FormatError):
+                    st = fmt.State()
+                if st.state == "hold":
+                    continue
+                due = st.failed_at + self.cfg.queue.failed_keep if st.state == "failed" else st.next_attempt
+            self.add(qid, due)
+            count += 1
+        return count
+
+    def add(self, qid: str, due: float = 0.0) -> None:
+        if qid in self.known:
+            return
+        self.known.add(qid)
+        heapq.heappush(self.heap, (due, qid))
+        self.wake.set()
+
+    def flush(self) -> None:
+        """Everything due now, including messages that appeared on disk behind our back."""
+        self.heap = [(0.0, qid) for _, qid in self.heap]
+        heapq.heapify(self.heap)
+        self.load_index()
+        self.connect_backoff = 0.0
+        self.wake.set()
+
+    # -- the loop -------------------------------------------------------------
+    connect_backoff = 0.0
+
+    async def run(self) -> None:
+        workers = [asyncio.create_task(self._worker(i)) for i in range(self.cfg.limits.connections)]
+        try:
+            while not self.stopping:
+                now = time.time()
+                while self.heap and self.heap[0][0] <= now and not self.stopping:
+                    _, qid = heapq.heappop(self.heap)
+                    self.inflight.add(qid)
+                    await self.work.put(qid)
+                delay = min(self.heap[0][0] - now, 5.0) if self.heap else 5.0
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), max(delay, 0.01))
+                except TimeoutError:
+                    pass
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    async def _worker(self, n: int) -> None:
+        conn: RelayConnection | None = None
+        try:
+            while True:
+                qid = await self.work.get()
+                try:
+                    conn = await self._deliver(qid, conn)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: unexpected error during delivery; will retry", qid)
+                    self._requeue(qid, time.time() + self.cfg.queue.retry_initial)
+                finally:
+                    self.inflight.discard(qid)
+        finally:
+            if conn is not None:
+                await asyncio.shield(conn.close())
+
+    def _requeue(self, qid: str, due: float) -> None:
+        self.known.discard(qid)
+        if not self.stopping or due == 0.0:
+            self.add(qid, due)
+
+    async def _connection(self, conn: RelayConnection | None) -> RelayConnection:
+        if conn is not None and conn.usable:
+            return conn
+        if conn is not None:
+            await conn.close()
+        new = RelayConnection(self.cfg.relay, self.password(), self.cfg.helo_name)
+        await new.connect()
+        return new
+
+    # -- one message ------------------------------------------------------------
+    async def _deliver(self, qid: str, conn: RelayConnection | None) -> RelayConnection | None:
+        self.known.discard(qid)
+        try:
+            env, message = await asyncio.to_thread(self.queue.read, qid)
+            st = await asyncio.to_thread(self.queue.read_state, qid)
+        except FileNotFoundError:
+            return conn  # deleted by `queue delete` meanwhile
+        except fmt.FormatError as exc:
+            log.error("%s", self.queue.quarantine(qid, str(exc)))
+            return conn
+        now = time.time()
+        if st.state == "hold":
+            return conn
+        if st.state == "failed":
+            if backoff.failed_gone(st.failed_at, now, self.cfg.queue.failed_keep):
+                await asyncio.to_thread(self.queue.remove, qid)
+                log.info("%s: removed (failed, kept %ds)", qid, self.cfg.queue.failed_keep)
+            else:
+                self.add(qid, st.failed_at + self.cfg.queue.failed_keep)
+            return conn
+        pending = st.pending(len(env.recipients))
+        if not pending:
+            await asyncio.to_thread(self.queue.remove, qid)
+            return conn
+        if backoff.expired(env.created, now, self.cfg.queue.max_age):
+            age = int(now - env.created)
+            reason = f"message expired after {age}s in the queue ({st.last_error or 'no reply'})"
+            results = [RcptResult(env.recipients[i], "perm", "554 5.4.7 " + reason) for i in pending]
+            await self._record(qid, env, message, st, pending, results, "", now)
+            return conn
+        if self.connect_backoff and now < self.connect_backoff:
+            self._requeue(qid, self.connect_backoff)
+            return conn
+        try:
+            conn = await self._connection(conn)
+            args = (env.sender, [env.recipients[i] for i in pending], message, dict(env.dsn))
+            try:
+                tx = await conn.send(*args, before_mail=self.limiter.acquire)
+            except RelayError as exc:
+                if exc.stage != "reuse":
+                    raise
+                # the relay closed our idle connection before anything was sent: reconnect once
+                conn = await self._connection(conn)
+                tx = await conn.send(*args, before_mail=self.limiter.acquire)
+        except RelayError as exc:
+            self.connect_backoff = time.time() + min(CONNECT_BACKOFF_MAX, self.cfg.queue.retry_initial)
+            self.counters.relay_error(str(exc))
+            results = [RcptResult(env.recipients[i], "temp", str(exc)) for i in pending]
+            await self._record(qid, env, message, st, pending, results, exc.relay, now)
+            return conn
+        self.connect_backoff = 0.0
+        await self._record(qid, env, message, st, pending, list(tx.results), tx.relay, now)
+        return conn
+
+    async def _record(
+        self,
+        qid: str,
+        env: fmt.Envelope,
+        message: bytes,
+        st: fmt.State,
+        pending: list[int],
+        results: list[RcptResult],
+        relay: str,
+        started: float,
+    ) -> None:
+        now = time.time()
+        newly_failed: list[bounce.FailedRecipient] = []
+        temp_errors = []
+        # the relay reports refused recipients before accepted ones: match by address
+        by_address = {r.address: r for r in results}
+        for i in pending:
+            res = by_address[env.recipients[i]]
+            self._log(qid, res, relay, now - env.created, started)
+            if res.outcome == "sent":
+                st.rcpt[i] = (fmt.SENT, "")
+            elif res.outcome == "perm":
+                st.rcpt[i] = (fmt.FAILED, res.reply)
+                newly_failed.append(bounce.FailedRecipient(res.address, res.reply, remote=bool(relay)))
+            else:
+                temp_errors.append(res.reply)
+        still = st.pending(len(env.recipients))
+        if not still:
+            any_failed = any(st.rcpt_state(i) == fmt.FAILED for i in range(len(env.recipients)))
+            if any_failed:
+                st.state, st.failed_at = "failed", now
+                st.last_error = newly_failed[-1].reply if newly_failed else st.last_error
+                await asyncio.to_thread(self.queue.write_state, qid, st)
+                self.add(qid, now + self.cfg.queue.failed_keep)
+            else:
+                await asyncio.to_thread(self.queue.remove, qid, False)
+        else:
+            st.attempts += 1
+            st.state = "deferred"
+            st.last_error = temp_errors[-1] if temp_errors else st.last_error
+            delay = backoff.next_delay(st.attempts, self.cfg.queue.retry_initial, self.cfg.queue.retry_max)
+            # never wait past the expiry time: the message bounces then
+            st.next_attempt = min(now + delay, env.created + self.cfg.queue.max_age)
+            await asyncio.to_thread(self.queue.write_state, qid, st)
+            self._requeue(qid, st.next_attempt)
+            self.counters.bump("deferred")
+        sent_now = sum(1 for r in results if r.outcome == "sent")
+        if sent_now:
+            self.counters.bump("sent")
+        if newly_failed:
+            await self._bounce(qid, env, message, newly_failed, relay)
+
+    def _log(self, qid: str, res: RcptResult, relay: str, delay: float, started: float) -> None:
+        status = {"sent": "sent", "temp": "deferred", "perm": "bounced"}[res.outcome]
+        dsn = bounce.status_of(res.reply, {"sent": "2.0.0", "temp": "4.0.0", "perm": "5.0.0"}[res.outcome])
+        log.info(
+            "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
+            qid,
+            res.address,
+            relay or "none",
+            delay,
+            dsn,
+            status,
+            fmt.clean_line(res.reply),
+        )
+
+    async def _bounce(
+        self, qid: str, env: fmt.Envelope, message: bytes, failed: list[bounce.FailedRecipient], relay: str
+    ) -> None:
+        self.counters.bump("bounced")
+        if not env.sender:
+            log.info("%s: not bouncing: null sender", qid)
+            return
+        if not self.cfg.queue.bounce or "NEVER" in env.dsn_param("notify").upper():
+            log.info("%s: not bouncing: bounces disabled for this message", qid)
+            return
+        cleanup = self.cleanup()
+        ret = env.dsn_param("ret").upper()
+        report = bounce.build(
+            qid=qid,
+            sender=env.sender,
+            failed=failed,
+            original=message,
+            hostname=self.cfg.hostname,
+            mailer_daemon=cleanup.mailer_daemon(),
+            relay=relay,
+            arrival=env.created,
+            headers_only=ret != "FULL",
+        )
+        try:
+            bqid = await asyncio.to_thread(cleanup.accept, "", [env.sender], report, origin="bounce")
+        except AgentError as exc:
+            log.error("%s: cannot queue the bounce to <%s>: %s", qid, env.sender, exc.message)
+            return
+        log.info("%s: sender non-delivery notification: %s", qid, bqid)
+        self.counters.bump("queued")
+        self.add(bqid)

@@ -1,0 +1,170 @@
+"""SMTP submission on the Unix socket and the loopback listener (aiosmtpd).
+
+The handler only adapts SMTP to cleanup: aliases at RCPT time, everything
+that depends on the message (From: domain policy, size, NUL) after DATA,
+and `250` only once the message is durably queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from agent.cleanup import Cleanup
+from agent.errors import AgentError
+
+log = logging.getLogger("relay-agent")
+
+DSN_PARAMS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
+
+
+class SubmitSMTP(SMTP):
+    """aiosmtpd's server plus DSN parameters, ETRN and the peer's uid."""
+
+    # Local clients send lines over 998 octets; cleanup re-encodes them before signing.
+    line_length_limit = 1 << 20
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        setattr(self.session, "peer_uid", peer_uid(transport))  # noqa: B010 - aiosmtpd's Session has no slot for it
+
+    def _getparams(self, params: Any) -> Any:
+        # aiosmtpd refuses parameters it does not know; DSN ones are ours to keep.
+        result = super()._getparams(params)
+        if result is not None:
+            for key in DSN_PARAMS:
+                result.pop(key, None)
+        return result
+
+    async def smtp_ETRN(self, arg: str) -> None:
+        status = await self._call_handler_hook("ETRN", arg)
+        await self.push(status)
+
+
+def peer_uid(transport: asyncio.BaseTransport) -> int:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return -1
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return -1
+    return int(struct.unpack("3i", creds)[1])
+
+
+def _content(envelope: Envelope) -> bytes:
+    content = envelope.original_content or envelope.content or b""
+    return content if isinstance(content, bytes) else content.encode()
+
+
+def _dsn(options: list[str], keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for opt in options:
+        k, _, v = opt.partition("=")
+        if k.upper() in keys and v:
+            out.append((k.lower(), v))
+    return out
+
+
+class Handler:
+    def __init__(
+        self,
+        cleanup: Callable[[], Cleanup],
+        on_queued: Callable[[str], None],
+        on_flush: Callable[[], None],
+        origin: str,
+    ) -> None:
+        self.cleanup = cleanup
+        self.on_queued = on_queued
+        self.on_flush = on_flush
+        self.origin = origin
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        last = responses.pop()
+        responses += ["250-PIPELINING", "250-DSN", "250-ENHANCEDSTATUSCODES", "250-ETRN"]
+        responses.append(last)
+        return responses
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        try:
+            envelope.mail_from = self.cleanup().sender(address) if address not in ("<>", "") else ""
+        except AgentError as exc:
+            return exc.smtp_reply()
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        try:
+            resolved = self.cleanup().recipient(address)
+        except AgentError as exc:
+            return exc.smtp_reply()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(" ".join(options))
+        del resolved
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        dsn = _dsn(envelope.mail_options, ("RET", "ENVID"))
+        notify = _dsn(" ".join(envelope.rcpt_options).split(), ("NOTIFY",))
+        if notify:
+            dsn.append(notify[0])
+        uid = getattr(session, "peer_uid", -1)
+        cleanup = self.cleanup()
+        try:
+            qid = await asyncio.to_thread(
+                cleanup.accept,
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                _content(envelope),
+                uid=uid,
+                dsn=tuple(dsn),
+                origin=self.origin,
+            )
+        except AgentError as exc:
+            log.info("refused from %s uid=%d: %s", self.origin, uid, exc.message)
+            return exc.smtp_reply()
+        except Exception:
+            log.exception("unexpected error while queueing")
+            return "451 4.3.0 internal error; try again later"
+        log.info(
+            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)",
+            qid,
+            envelope.mail_from or "",
+            len(envelope.rcpt_tos),
+            len(envelope.content or b""),
+            uid,
+        )
+        self.on_queued(qid)
+        return f"250 2.0.0 Ok: queued as {qid}"
+
+    async def handle_ETRN(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
+        self.on_flush()
+        return "250 2.0.0 Queuing started"
+
+
+def factory(handler: Handler, cfg_hostname: str, max_size: int) -> Callable[[], SubmitSMTP]:
+    def make() -> SubmitSMTP:
+        return SubmitSMTP(
+            handler,
+            hostname=cfg_hostname,
+            ident="relay-agent ESMTP",
+            data_size_limit=max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=300,
+        )
+
+    return make
