@@ -78,6 +78,7 @@ class Cleanup:
             raise MessageError("no recipients")
         sender = self.sender(sender) if sender else ""
         body = to_crlf(message)
+        body = headers.rewrite_from(body, self._local_from)
         body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
         body = longlines.make_safe(body)
         body = self._received(qid, uid, origin, now) + body
@@ -102,6 +103,10 @@ class Cleanup:
         who = f"from userid {uid}" if uid >= 0 else f"from {origin}"
         line = f"Received: by {self.cfg.hostname} (relay-agent, {who})\r\n\tid {qid}; {rfc2822_date(now)}\r\n"
         return line.encode()
+
+    def _local_from(self, addr: str) -> str:
+        """A local From: (cron's `root (Cron Daemon)`) gets the same rewrite as the sender."""
+        return self.sender(addr) if addressing.is_local(addr, self.local_names) else addr
 
     def mailer_daemon(self) -> str:
         domain = self.cfg.sender.default_from.rpartition("@")[2] or self.cfg.hostname

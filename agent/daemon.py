@@ -57,6 +57,17 @@ def sd_notify(message: str) -> None:
         s.sendall(message.encode())
 
 
+def refresh_digest(cfg: Config) -> None:
+    """Keep sendmail's pre-digested config fresh where we may write it (best effort)."""
+    if cfg.path:
+        from agent import digest
+
+        try:
+            digest.write(cfg)
+        except OSError:
+            pass
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -79,6 +90,7 @@ class Daemon:
     # -- start ----------------------------------------------------------------
     async def start(self) -> None:
         t0 = time.monotonic()
+        refresh_digest(self.cfg)
         self.queue.ensure_dirs()
         pickup.ensure_maildrop(self.cfg.queue.maildrop)
         for note in self.queue.recover():
@@ -187,6 +199,7 @@ class Daemon:
         self._password = password
         self._cleanup = Cleanup(cfg, signer, self.queue)
         self.scheduler.reconfigure(cfg)
+        refresh_digest(cfg)
         log.info("reloaded config, keys, aliases and credentials")
 
     async def shutdown(self) -> None:

@@ -6,7 +6,9 @@ the daemon is down), so it must stay import-free.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False  # typing itself costs ~14 ms on the sendmail fast path
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 def signing_domain(from_domain: str, key_domains: Iterable[str]) -> str | None:

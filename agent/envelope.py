@@ -29,7 +29,6 @@ rewritten atomically after each attempt (absent = fresh, all recipients pending)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
 END = b"RELAY-AGENT-END\n"
@@ -52,13 +51,45 @@ def has_bad_chars(addr: str) -> bool:
     return any(c in addr for c in "\r\n\0")
 
 
-@dataclass(frozen=True)
 class Envelope:
-    sender: str
-    recipients: tuple[str, ...]
-    created: float
-    dsn: tuple[tuple[str, str], ...] = ()
-    uid: int = -1
+    """Immutable envelope. A plain class, not a dataclass: `dataclasses` imports
+    `re` and `inspect`, ~20 ms that the sendmail fast path cannot afford."""
+
+    __slots__ = ("created", "dsn", "recipients", "sender", "uid")
+
+    def __init__(
+        self,
+        sender: str,
+        recipients: tuple[str, ...],
+        created: float,
+        dsn: tuple[tuple[str, str], ...] = (),
+        uid: int = -1,
+    ) -> None:
+        for name, value in zip(self.__slots__, (created, dsn, recipients, sender, uid), strict=True):
+            object.__setattr__(self, name, value)
+        self.sender: str
+        self.recipients: tuple[str, ...]
+        self.created: float
+        self.dsn: tuple[tuple[str, str], ...]
+        self.uid: int
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Envelope is immutable")
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.sender, self.recipients, self.created, self.dsn, self.uid)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Envelope) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(sender={self.sender!r}, recipients={self.recipients!r}, created={self.created!r}, "
+            f"dsn={self.dsn!r}, uid={self.uid!r})"
+        )
 
     def dsn_param(self, key: str) -> str:
         for k, v in self.dsn:
@@ -151,14 +182,37 @@ def decode(data: bytes) -> tuple[Envelope, bytes]:
     return env, data[start : start + size]
 
 
-@dataclass
 class State:
-    state: str = "queued"
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_error: str = ""
-    failed_at: float = 0.0
-    rcpt: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Mutable delivery state of one message (see the module docstring)."""
+
+    __slots__ = ("attempts", "failed_at", "last_error", "next_attempt", "rcpt", "state")
+
+    def __init__(
+        self,
+        state: str = "queued",
+        attempts: int = 0,
+        next_attempt: float = 0.0,
+        last_error: str = "",
+        failed_at: float = 0.0,
+        rcpt: dict[int, tuple[str, str]] | None = None,
+    ) -> None:
+        self.state = state
+        self.attempts = attempts
+        self.next_attempt = next_attempt
+        self.last_error = last_error
+        self.failed_at = failed_at
+        self.rcpt: dict[int, tuple[str, str]] = {} if rcpt is None else rcpt
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.state, self.attempts, self.next_attempt, self.last_error, self.failed_at, self.rcpt)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, State) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"State{self._key()!r}"
 
     def rcpt_state(self, index: int) -> str:
         return self.rcpt.get(index, (PENDING, ""))[0]

@@ -13,8 +13,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     cli_path = None
-    if "-C" in argv[:-1]:
-        cli_path = argv[argv.index("-C") + 1]
+    for flag in ("-C", "--config"):
+        if flag in argv[:-1]:
+            cli_path = argv[argv.index(flag) + 1]
     try:
         cfg = config.load(cli_path)
         items = collect(Queue(cfg.queue.path), cfg.queue.maildrop)

@@ -353,7 +353,6 @@ def test_fast_path_imports_daemon_up(stub_env: Env, daemon: Recorder) -> None:
     assert len(daemon.messages) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="agent.envelope imports dataclasses (and with it re, inspect): ~20 ms")
 def test_fast_path_imports_daemon_down(stub_env: Env) -> None:
     probe(stub_env)
     assert probe(stub_env) == ("0", "")
