@@ -29,7 +29,6 @@ rewritten atomically after each attempt (absent = fresh, all recipients pending)
 
 from __future__ import annotations
 
-
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
 END = b"RELAY-AGENT-END\n"
 MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail
