@@ -78,7 +78,7 @@ class Scheduler:
         with_state = self.queue.has_state()
         count = 0
         for qid in self.queue.ids():
-            if qid in self.known:
+            if qid in self.known or qid in self.inflight:
                 continue
             due = 0.0
             if qid in with_state:
@@ -94,8 +94,8 @@ class Scheduler:
         return count
 
     def add(self, qid: str, due: float = 0.0) -> None:
-        if qid in self.known:
-            return
+        if qid in self.known or qid in self.inflight:
+            return  # scheduled already, or being delivered: never twice at once
         self.known.add(qid)
         heapq.heappush(self.heap, (due, qid))
         self.wake.set()
@@ -118,6 +118,7 @@ class Scheduler:
                 now = time.time()
                 while self.heap and self.heap[0][0] <= now and not self.stopping:
                     _, qid = heapq.heappop(self.heap)
+                    self.known.discard(qid)
                     self.inflight.add(qid)
                     await self.work.put(qid)
                 delay = min(self.heap[0][0] - now, 5.0) if self.heap else 5.0
@@ -154,7 +155,8 @@ class Scheduler:
                 await asyncio.shield(conn.close())
 
     def _requeue(self, qid: str, due: float) -> None:
-        self.known.discard(qid)
+        """Schedule a message we are done with for now (called from its worker)."""
+        self.inflight.discard(qid)
         if not self.stopping or due == 0.0:
             self.add(qid, due)
 
@@ -169,7 +171,6 @@ class Scheduler:
 
     # -- one message ------------------------------------------------------------
     async def _deliver(self, qid: str, conn: RelayConnection | None) -> RelayConnection | None:
-        self.known.discard(qid)
         try:
             env, message = await asyncio.to_thread(self.queue.read, qid)
             st = await asyncio.to_thread(self.queue.read_state, qid)
@@ -186,7 +187,7 @@ class Scheduler:
                 await asyncio.to_thread(self.queue.remove, qid)
                 log.info("%s: removed (failed, kept %ds)", qid, self.cfg.queue.failed_keep)
             else:
-                self.add(qid, st.failed_at + self.cfg.queue.failed_keep)
+                self._requeue(qid, st.failed_at + self.cfg.queue.failed_keep)
             return conn
         pending = st.pending(len(env.recipients))
         if not pending:
@@ -255,7 +256,7 @@ class Scheduler:
                 st.state, st.failed_at = "failed", now
                 st.last_error = newly_failed[-1].reply if newly_failed else st.last_error
                 await asyncio.to_thread(self.queue.write_state, qid, st)
-                self.add(qid, now + self.cfg.queue.failed_keep)
+                self._requeue(qid, now + self.cfg.queue.failed_keep)
             else:
                 await asyncio.to_thread(self.queue.remove, qid, False)
         else:
