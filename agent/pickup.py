@@ -1,9 +1,11 @@
 """Maildrop pickup: files written by other local users are untrusted input.
 
-Each file is opened without following links, must be a regular file with one
-link and a sane size, is parsed defensively, and goes through cleanup like
-any submission. Whatever fails is quarantined with a log line; the daemon
-keeps running.
+Each entry is lstat()ed before anything opens it, so a FIFO, device, socket,
+directory or symlink is refused without being opened or followed. A regular
+file is then opened without following links and must be the same inode, have
+one link and a sane size; it is parsed defensively and goes through cleanup
+like any submission. Whatever fails is quarantined with a log line; the
+daemon keeps running.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -23,6 +26,20 @@ log = logging.getLogger("relay-agent")
 
 HEADER_SLACK = 1 << 20  # envelope header allowance on top of the message size limit
 STALE_TMP = 3600.0  # a sendmail that has not renamed its temp file in an hour died
+
+
+class Unsafe(fmt.FormatError):
+    """An entry that must not be kept in corrupt/: removed instead of moved.
+
+    A directory could still be written through a descriptor its owner kept open,
+    and a second hard link is a name for a file that is not the submitter's to give.
+    """
+
+
+def shown(name: str) -> str:
+    """A file name as it may appear in a log line: names are attacker-chosen, and a
+    newline in one would forge a whole log line."""
+    return "".join(c if c.isprintable() else "?" for c in name[:64])
 
 
 def ensure_maildrop(path: str) -> None:
@@ -46,7 +63,8 @@ def candidates(path: str) -> Iterator[str]:
             if e.name.startswith("."):
                 try:
                     if now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP:
-                        os.unlink(e.path)
+                        remove(e.path)
+                        log.warning("maildrop: removed stale temporary file %s", shown(e.name))
                 except OSError:
                     pass
                 continue
@@ -59,34 +77,53 @@ def qid_for(name: str, mtime: float) -> str:
     return f"{int(mtime * 1_000_000) & 0xFFFFFFFFFFF:011X}{digits}"
 
 
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def read_untrusted(path: str, max_size: int) -> tuple[bytes, os.stat_result]:
+    lst = os.lstat(path)
+    if stat.S_ISDIR(lst.st_mode):
+        raise Unsafe("a directory")
+    if not stat.S_ISREG(lst.st_mode):
+        raise fmt.FormatError(_kind(lst.st_mode))  # never opened: a FIFO would block, a device act
+    if lst.st_nlink != 1:
+        raise Unsafe(f"has {lst.st_nlink} hard links")
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise fmt.FormatError("not a regular file")
+        if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise fmt.FormatError("replaced while being opened")
         if st.st_nlink != 1:
-            raise fmt.FormatError(f"has {st.st_nlink} hard links")
+            raise Unsafe(f"has {st.st_nlink} hard links")
         if st.st_size > max_size + HEADER_SLACK:
             raise fmt.FormatError(f"too large ({st.st_size} bytes)")
-        chunks = []
-        left = st.st_size + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > st.st_size:
-            raise fmt.FormatError("grew while being read")
-        return data, st
+        return _read_all(fd, st.st_size), st
     finally:
         os.close(fd)
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    chunks = []
+    left = size + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > size:
+        raise fmt.FormatError("grew while being read")
+    return data
+
+
 def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> str | None:
-    """Take one maildrop file into the queue; returns the queue id or None."""
+    """Take one maildrop file into the queue; returns the queue id or None. Never raises:
+    one user's file must not stop pickup for everyone."""
     path = os.path.join(maildrop, name)
     try:
         data, st = read_untrusted(path, cleanup.cfg.limits.max_message_size)
@@ -102,15 +139,25 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
         )
     except FileNotFoundError:
         return None
+    except Unsafe as exc:
+        refuse(path, name, str(exc))
+        return None
     except (OSError, fmt.FormatError, AgentError) as exc:
         reason = exc.message if isinstance(exc, AgentError) else str(exc)
         quarantine(path, name, corrupt_dir, reason)
         return None
-    os.unlink(path)
+    except Exception as exc:  # a parser bug must not take pickup down with it
+        log.exception("maildrop file %s: unexpected error", shown(name))
+        quarantine(path, name, corrupt_dir, f"unexpected error: {type(exc).__name__}")
+        return None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # its owner removed it after we read it; the queued copy stands
     log.info(
         "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (maildrop)",
         qid,
-        env.sender,
+        shown(env.sender),
         len(env.recipients),
         len(message),
         st.st_uid,
@@ -121,12 +168,38 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
 def quarantine(path: str, name: str, corrupt_dir: str, reason: str) -> None:
     dst = os.path.join(corrupt_dir, f"maildrop-{name[:64]}.{int(time.time())}")
     try:
-        os.rename(path, dst)
-        log.warning("maildrop file %s quarantined to %s: %s", name[:64], dst, reason)
+        os.rename(path, dst)  # renames a symlink itself, never its target
+        log.warning(
+            "maildrop file %s quarantined to %s: %s",
+            shown(name),
+            os.path.join(corrupt_dir, shown(os.path.basename(dst))),
+            reason,
+        )
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        # e.g. a directory, or another file system: do not loop on it forever
-        log.warning("maildrop file %s refused (%s) and cannot be moved: %s", name[:64], reason, exc)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        # e.g. another file system: do not loop on it forever
+        log.warning(
+            "maildrop file %s refused (%s) and cannot be moved: %s", shown(name), reason, exc.strerror
+        )
+        refuse(path, name, reason)
+
+
+def refuse(path: str, name: str, reason: str) -> None:
+    try:
+        remove(path)
+        log.warning("maildrop file %s removed: %s", shown(name), reason)
+    except OSError as exc:
+        log.warning(
+            "maildrop file %s refused (%s) and cannot be removed: %s", shown(name), reason, exc.strerror
+        )
+
+
+def remove(path: str) -> None:
+    """Unlink a name; a directory goes with everything in it, without following links."""
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        if not shutil.rmtree.avoids_symlink_attacks:
+            raise OSError(errno.EPERM, "refusing to remove a directory on this platform")
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)

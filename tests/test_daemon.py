@@ -235,5 +235,5 @@ def test_corrupt_queue_file_is_quarantined_and_daemon_runs(
     while bad.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not bad.exists()
-    assert [p.name for p in (agent.queue_dir / "corrupt").iterdir()][0].startswith("0EA0000000000ABC")
+    assert [p.name[:16] for p in (agent.queue_dir / "corrupt").iterdir()] == ["0EA0000000000ABC"]
     assert "moved to corrupt/" in agent.log()
