@@ -29,7 +29,12 @@ def render(entry: str, python: str, site_dirs: list[str]) -> str:
         # replace the script's own directory (e.g. /usr/sbin), never import from there
         f"sys.path[0:1] = {[os.path.abspath(d) for d in site_dirs]!r}\n"
         f"from agent.{entry} import main\n"
-        "sys.exit(main())\n"
+        "code = main()\n"
+        # the work is done and fsynced: skip interpreter teardown (~3 ms per message)
+        "sys.stdout.flush()\n"
+        "sys.stderr.flush()\n"
+        "import os\n"
+        "os._exit(code)\n"
     )
 
 

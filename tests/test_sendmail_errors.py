@@ -367,7 +367,7 @@ def test_stub_text() -> None:
         text.startswith("#!/opt/venv/bin/python -SE\n")
         and "sys.path[0:1] = ['/opt/src', '/opt/venv/site']" in text
     )
-    assert "from agent.sendmail import main" in text and "sys.exit(main())" in text
+    assert "from agent.sendmail import main" in text and "os._exit(code)" in text
     assert sys.executable
     with pytest.raises(ValueError):
         write_stub(Path(tempfile.mkdtemp()) / "s", "relative/python", [])
