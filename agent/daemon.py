@@ -157,8 +157,11 @@ class Daemon:
         while not self.stop_event.is_set():
             self.counters.changed.clear()
             await asyncio.to_thread(self.write_status, path)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.counters.changed.wait(), 5.0)
+            changed = asyncio.ensure_future(self.counters.changed.wait())
+            stopping = asyncio.ensure_future(self.stop_event.wait())
+            await asyncio.wait((changed, stopping), timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stopping.cancel()
             await asyncio.sleep(STATUS_MIN_INTERVAL)
 
     def write_status(self, path: str) -> None:
@@ -249,15 +252,33 @@ def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
     return tasks
 
 
-def _dns_warnings(cfg: Config) -> None:
-    """The same checks as `dns check`, in the background: logged once, never blocking mail."""
-    try:
-        from agent import dnscheck
+DNS_CHECK = (
+    "from agent import config, dnscheck\nfor line in dnscheck.startup_warnings(config.load()): print(line)"
+)
 
-        for line in dnscheck.startup_warnings(cfg):
-            log.warning("dns: %s", line)
-    except Exception as exc:  # a broken resolver must never take the daemon down
+
+def _dns_warnings(cfg: Config) -> None:
+    """The same checks as `dns check`, in the background: logged once, never blocking mail.
+
+    In a child process: dnspython and the Public Suffix List would otherwise stay in
+    the daemon's memory for good.
+    """
+    import subprocess
+
+    env = dict(os.environ)
+    if cfg.path:
+        env[config_mod.ENV_VAR] = cfg.path
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", DNS_CHECK], env=env, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("dns: startup checks skipped: %s", exc)
+        return
+    for line in out.stdout.splitlines():
+        log.warning("dns: %s", line)
+    if out.returncode:
+        log.warning("dns: startup checks failed: %s", (out.stderr.strip().splitlines() or ["?"])[-1])
 
 
 def main(config_path: str | None) -> int:

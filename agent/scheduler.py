@@ -25,6 +25,7 @@ from agent.relay import RcptResult, RelayConnection, RelayError
 log = logging.getLogger("relay-agent")
 
 CONNECT_BACKOFF_MAX = 30.0
+ID_MASK = (1 << 64) - 1
 
 
 @dataclass
@@ -60,8 +61,10 @@ class Scheduler:
         self.password = password
         self.counters = counters
         self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
-        self.heap: list[tuple[float, str]] = []
-        self.known: set[str] = set()
+        # One int per scheduled message, (due in ms) << 64 | id: the index of 100,000
+        # queued messages must fit the 60 MB budget, so no tuples and no id strings.
+        self.heap: list[int] = []
+        self.known: set[int] = set()
         self.inflight: set[str] = set()
         self.wake = asyncio.Event()
         self.stopping = False
@@ -78,7 +81,7 @@ class Scheduler:
         with_state = self.queue.has_state()
         count = 0
         for qid in self.queue.ids():
-            if qid in self.known or qid in self.inflight:
+            if int(qid, 16) in self.known or qid in self.inflight:
                 continue
             due = 0.0
             if qid in with_state:
@@ -94,15 +97,24 @@ class Scheduler:
         return count
 
     def add(self, qid: str, due: float = 0.0) -> None:
-        if qid in self.known or qid in self.inflight:
+        key = int(qid, 16)
+        if key in self.known or qid in self.inflight:
             return  # scheduled already, or being delivered: never twice at once
-        self.known.add(qid)
-        heapq.heappush(self.heap, (due, qid))
+        self.known.add(key)
+        heapq.heappush(self.heap, (max(0, int(due * 1000)) << 64) | key)
         self.wake.set()
+
+    def _next_due(self) -> float:
+        return (self.heap[0] >> 64) / 1000
+
+    def _pop(self) -> str:
+        key = heapq.heappop(self.heap) & ID_MASK
+        self.known.discard(key)
+        return f"{key:016X}"
 
     def flush(self) -> None:
         """Everything due now, including messages that appeared on disk behind our back."""
-        self.heap = [(0.0, qid) for _, qid in self.heap]
+        self.heap = [key & ID_MASK for key in self.heap]
         heapq.heapify(self.heap)
         self.load_index()
         self.connect_backoff = 0.0
@@ -116,12 +128,17 @@ class Scheduler:
         try:
             while not self.stopping:
                 now = time.time()
-                while self.heap and self.heap[0][0] <= now and not self.stopping:
-                    _, qid = heapq.heappop(self.heap)
-                    self.known.discard(qid)
+                # while the relay is unreachable, leave the index alone: no re-reading
+                # of every queued file each time the backoff expires for one of them
+                relay_ok = now >= self.connect_backoff
+                while relay_ok and self.heap and self._next_due() <= now and not self.stopping:
+                    qid = self._pop()
                     self.inflight.add(qid)
                     await self.work.put(qid)
-                delay = min(self.heap[0][0] - now, 5.0) if self.heap else 5.0
+                if not relay_ok:
+                    delay = self.connect_backoff - now
+                else:
+                    delay = min(self._next_due() - now, 5.0) if self.heap else 5.0
                 self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), max(delay, 0.01))
