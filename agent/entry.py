@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 
-def _run_args(argv: list[str]) -> str | None | bool:
+def _run_args(argv: list[str]) -> str | bool | None:
     """The --config value if argv is exactly `[--config P] run [--config P]`, else False."""
     config: str | None = None
     rest: list[str] = []
