@@ -1,58 +1,167 @@
-"""The relay password: systemd credential, password_file, environment, keyring.
+"""The relay password: where it may come from, in a fixed order, and never into a log line.
 
-Never logged or printed. (Interim version; the full one with keyring status
-messages replaces it.)
+Order (INTERFACE.md): $CREDENTIALS_DIRECTORY/relay-password (systemd), relay.password_file,
+$RELAY_AGENT_PASSWORD, the system keyring (service "relay-agent", user relay.username).
+An empty value counts as unset, so `SetCredential=relay-password:` can stand in for a missing
+`LoadCredential=` file. `keyring` is imported only when it is actually consulted: it is slow.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from typing import Any
 
 from agent.config import Config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, TempError
 
 SERVICE = "relay-agent"
-CREDENTIAL = "relay-password"
+CREDENTIAL_NAME = "relay-password"
+ENV_VAR = "RELAY_AGENT_PASSWORD"
+NO_BACKEND = (
+    "no keyring backend on this host; use systemd credentials "
+    "(LoadCredential=relay-password:...) or relay.password_file"
+)
+
+__all__ = ["find_password", "get_password", "keyring_status", "set_password"]
 
 
-def _read_secret(path: str) -> str:
-    with open(path, encoding="utf-8") as fh:
-        return fh.read().rstrip("\r\n")
+def _strip_newline(text: str) -> str:
+    """Files written by `echo` end in one newline that is not part of the password."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read: {exc.strerror}") from None
+    try:
+        return _strip_newline(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path}: not valid UTF-8") from None
+
+
+def _from_credentials_dir() -> str | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = os.path.join(directory, CREDENTIAL_NAME)
+    if not os.path.exists(path):
+        return None
+    return _read_text(path, "systemd credential")
+
+
+def check_private(path: str, st: os.stat_result) -> None:
+    """Refuse a password file others can read or change, as ssh refuses a loose private key."""
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        how = "readable" if mode & 0o044 else "writable"
+        raise ConfigError(
+            f"password_file {path} is {how} by group/others (mode {mode:04o}); chmod 600 {path}"
+        )
+    if st.st_uid not in (0, os.geteuid()):
+        raise ConfigError(
+            f"password_file {path} is owned by uid {st.st_uid}, not by root or this user (uid {os.geteuid()})"
+        )
+
+
+def _from_password_file(cfg: Config) -> str | None:
+    path = cfg.relay.password_file
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"password_file {path}: cannot open: {exc.strerror}") from None
+    try:
+        # fstat the open file, not the path: no window to swap the file after the check.
+        check_private(path, os.fstat(fd))
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            raw = fh.read()
+    finally:
+        os.close(fd)
+    try:
+        return _strip_newline(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"password_file {path}: not valid UTF-8") from None
+
+
+def _backend() -> Any | None:
+    """The keyring backend, or None when there is no usable one on this host."""
+    import keyring
+    import keyring.backends.fail
+    import keyring.backends.null
+
+    backend = keyring.get_keyring()
+    if isinstance(backend, keyring.backends.fail.Keyring | keyring.backends.null.Keyring):
+        return None
+    return backend
+
+
+def _backend_name(backend: Any) -> str:
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def keyring_status() -> str:
+    """One line for humans: which keyring backend would be used, or what to do without one."""
+    backend = _backend()
+    return NO_BACKEND if backend is None else f"keyring backend {_backend_name(backend)}"
+
+
+def _from_keyring(cfg: Config) -> str | None:
+    if not cfg.relay.username:
+        return None
+    backend = _backend()
+    if backend is None:
+        return None
+    from keyring.errors import KeyringError
+
+    try:
+        value = backend.get_password(SERVICE, cfg.relay.username)
+    except KeyringError as exc:
+        raise TempError(f"keyring ({_backend_name(backend)}) failed: {exc}") from None
+    return value if isinstance(value, str) else None
+
+
+def find_password(cfg: Config) -> tuple[str, str] | None:
+    """(password, where it came from) or None. The source is safe to print; the password is not."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    sources = (
+        (_from_credentials_dir, f"systemd credential {os.path.join(directory, CREDENTIAL_NAME)}"),
+        (lambda: _from_password_file(cfg), f"password_file {cfg.relay.password_file}"),
+        (lambda: os.environ.get(ENV_VAR), f"${ENV_VAR}"),
+        (lambda: _from_keyring(cfg), f"keyring (service {SERVICE}, user {cfg.relay.username})"),
+    )
+    for lookup, origin in sources:
+        value = lookup()
+        if value:
+            return value, origin
+    return None
 
 
 def get_password(cfg: Config) -> str | None:
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds:
-        path = os.path.join(creds, CREDENTIAL)
-        if os.path.exists(path):
-            value = _read_secret(path)
-            if value.strip():
-                return value
-    if cfg.relay.password_file:
-        path = cfg.relay.password_file
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ConfigError(f"relay.password_file {path}: {exc.strerror}") from None
-        if st.st_mode & 0o077:
-            mode = oct(stat.S_IMODE(st.st_mode))[2:]
-            raise ConfigError(
-                f"password_file {path} is readable by group/others (mode 0{mode}); chmod 600 {path}"
-            )
-        return _read_secret(path)
-    env = os.environ.get("RELAY_AGENT_PASSWORD")
-    if env:
-        return env
-    if not cfg.relay.username:
-        return None
-    try:
-        import keyring
-        from keyring.backends import fail
+    found = find_password(cfg)
+    return found[0] if found else None
 
-        if isinstance(keyring.get_keyring(), fail.Keyring):
-            return None
-        value = keyring.get_password(SERVICE, cfg.relay.username)
-    except Exception:
-        return None
-    return value if isinstance(value, str) else None
+
+def set_password(cfg: Config, password: str) -> str:
+    """Store the password in the keyring; returns the backend's name for the confirmation line."""
+    if not cfg.relay.username:
+        raise ConfigError("relay.username is not set; the keyring entry is stored under it")
+    if not password:
+        raise ConfigError("refusing to store an empty password")
+    backend = _backend()
+    if backend is None:
+        raise ConfigError(NO_BACKEND)
+    from keyring.errors import KeyringError
+
+    try:
+        backend.set_password(SERVICE, cfg.relay.username, password)
+    except KeyringError as exc:
+        raise TempError(f"keyring ({_backend_name(backend)}) failed: {exc}") from None
+    return _backend_name(backend)

@@ -128,6 +128,7 @@ class RelayConnection:
         self._helo = helo_name or "localhost"
         self._smtp: aiosmtplib.SMTP | None = None
         self._usable = False
+        self._transports: list[asyncio.BaseTransport] = []
         self.relay = f"{cfg.host}:{cfg.port}"
         self.tls_version: str | None = None
 
@@ -146,7 +147,8 @@ class RelayConnection:
         """Translate every transport/protocol failure into RelayError, in this one place."""
         try:
             yield
-        except RelayError:
+        except (RelayError, asyncio.CancelledError):
+            # Cancelled mid-command (shutdown): the protocol state is unknown, never reuse it.
             self._fail()
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -158,15 +160,23 @@ class RelayConnection:
     def _fail(self) -> None:
         self._usable = False
         if self._smtp is not None:
-            self._abort(self._smtp.transport)
+            self._remember_transport()
             self._smtp.close()
+        self._abort()
 
-    @staticmethod
-    def _abort(transport: asyncio.BaseTransport | None) -> None:
-        # abort, not close: a graceful TLS shutdown waits for the peer and can outlive the loop,
-        # leaking the socket; after an error or QUIT there is nothing left to say.
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.abort()
+    def _remember_transport(self) -> None:
+        # aiosmtplib drops its reference when it closes on its own (timeout, 421, lost link), so we
+        # keep ours, raw socket and TLS layer both, to abort them ourselves.
+        if self._smtp is not None and self._smtp.transport is not None:
+            self._transports.append(self._smtp.transport)
+
+    def _abort(self) -> None:
+        # abort, not close: a graceful TLS shutdown waits for the peer and can outlive the event
+        # loop, leaking the socket; after an error or QUIT there is nothing left to say.
+        for transport in self._transports:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+        self._transports.clear()
 
     def _error(self, stage: str, reply: str) -> RelayError:
         self._fail()
@@ -189,6 +199,7 @@ class RelayConnection:
         )
         async with self._stage("connect"):
             await smtp.connect()
+        self._remember_transport()
         peer = smtp.get_transport_info("peername")
         self.relay = f"{cfg.host}[{peer[0]}]:{cfg.port}" if peer else self.relay
         report("connect", self.relay)
@@ -218,6 +229,7 @@ class RelayConnection:
             raise self._error("starttls", "relay does not offer STARTTLS (refusing to continue without TLS)")
         async with self._stage("starttls"):
             await smtp.starttls(server_hostname=self._cfg.host, tls_context=ctx)
+        self._remember_transport()
         self.tls_version = self._tls_version()
         async with self._stage("ehlo"):
             await smtp.ehlo()
@@ -329,17 +341,14 @@ class RelayConnection:
         if smtp is None or not smtp.is_connected:
             raise RelayError("quit", "not connected", self.relay)
         self._usable = False
-        transport = smtp.transport
         async with self._stage("quit"):
             await smtp.quit()
-        self._abort(transport)
+        self._abort()
 
     async def close(self) -> None:
-        transport = self._smtp.transport if self._smtp is not None else None
         with contextlib.suppress(RelayError):
             if self._smtp is not None and self._smtp.is_connected:
                 await self.quit()
-        self._abort(transport)
         self._fail()
         await asyncio.sleep(0)  # let the transports finish closing
 

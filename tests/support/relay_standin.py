@@ -29,9 +29,9 @@ Construction options (keyword-only):
     on_message   callback(Received), called in the stand-in's thread for each recorded message.
 
 Recorded (read from any thread; lists are copies):
-    .messages          list[Received]: mail_from, rcpt_tos (accepted only), data, mail_options,
-                       rcpt_options (one tuple per accepted recipient), peer, connection_id,
-                       auth_user, tls, time (monotonic)
+    .messages          list[Received]: mail_from ("" for the null sender <>), rcpt_tos (accepted
+                       only), data, mail_options, rcpt_options (one tuple per accepted
+                       recipient), peer, connection_id, auth_user, tls, time (monotonic)
     .connections       TCP connections accepted so far
     .mail_from_times   time.monotonic() of every MAIL command (accepted or not)
     .auth_attempts     AUTH commands received (any outcome); .auth_users: successful logins
@@ -467,7 +467,7 @@ class RelayStandin:
         override = await self._apply(server, "mail")
         if override:
             return override
-        envelope.mail_from = address
+        envelope.mail_from = address  # "<>" for the null reverse-path: aiosmtpd needs it truthy
         envelope.mail_options = list(server.raw_mail_options)
         return "250 2.1.0 Ok"
 
@@ -492,7 +492,7 @@ class RelayStandin:
         data = envelope.original_content or b""
         with self._cond:
             msg = Received(
-                mail_from=envelope.mail_from or "",
+                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
                 rcpt_tos=tuple(envelope.rcpt_tos),
                 data=data,
                 mail_options=tuple(envelope.mail_options),

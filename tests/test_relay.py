@@ -1,0 +1,321 @@
+"""agent.relay against the real relay stand-in (aiosmtpd over TCP with STARTTLS and AUTH)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import RelayConfig
+from agent.relay import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options, xtext
+from tests.support.relay_standin import DEFAULT_PASSWORD, DEFAULT_USER, RelayStandin
+
+pytestmark = pytest.mark.timeout(60)
+
+MSG = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: test\r\n\r\nHello.\r\n.leading dot\r\n"
+
+
+def relay_cfg(relay: RelayStandin, **over: Any) -> RelayConfig:
+    settings = relay.relay_settings()
+    settings.update(over)
+    return RelayConfig(**settings)
+
+
+async def connect(relay: RelayStandin, password: str | None = None, **over: Any) -> RelayConnection:
+    conn = RelayConnection(relay_cfg(relay, **over), password or relay.password, "client.test")
+    await conn.connect()
+    return conn
+
+
+@pytest.fixture
+async def conn(relay_standin: RelayStandin) -> AsyncIterator[RelayConnection]:
+    c = await connect(relay_standin)
+    yield c
+    await c.close()
+
+
+def outcomes(tx: TxResult) -> dict[str, str]:
+    return {r.address: r.outcome for r in tx.results}
+
+
+async def test_delivery_over_starttls_with_auth(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    tx = await conn.send("a@example.com", ["b@example.net"], MSG)
+    assert tx.results == (RcptResult("b@example.net", "sent", tx.results[0].reply),)
+    assert tx.results[0].reply.startswith("250 2.0.0 Ok")
+    assert tx.relay == f"127.0.0.1[127.0.0.1]:{relay_standin.port}"
+    [got] = relay_standin.wait_for(1)
+    assert got.tls and got.auth_user == relay_standin.username
+    assert got.data == MSG and got.mail_from == "a@example.com" and got.rcpt_tos == ("b@example.net",)
+    assert conn.tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+async def test_null_sender_for_bounces(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    tx = await conn.send("", ["b@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "sent"}
+    [got] = relay_standin.wait_for(1)
+    assert got.mail_from == "" and got.rcpt_tos == ("b@example.net",)
+
+
+async def test_cancelled_send_leaves_connection_unusable(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.stall_next(5, stage="rcpt")
+    task = asyncio.create_task(conn.send("a@example.com", ["b@example.net"], MSG))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not conn.usable
+
+
+async def test_connection_reused_for_50_messages(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    for i in range(50):
+        tx = await conn.send("a@example.com", [f"r{i}@example.net"], MSG)
+        assert outcomes(tx) == {f"r{i}@example.net": "sent"}
+    assert len(relay_standin.wait_for(50)) == 50
+    assert relay_standin.connections == 1 and conn.usable
+
+
+async def test_4xx_at_mail_is_temporary_and_connection_stays(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.fail_next(451, "4.3.0 busy", stage="mail")
+    tx = await conn.send("a@example.com", ["b@example.net", "c@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "temp", "c@example.net": "temp"}
+    assert tx.results[0].reply == "451 4.3.0 busy"
+    assert conn.usable
+    tx = await conn.send("a@example.com", ["b@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "sent"}
+
+
+async def test_5xx_at_mail_is_permanent_for_all(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    relay_standin.fail_next(553, "5.7.1 sender not allowed", stage="mail")
+    tx = await conn.send("a@example.com", ["b@example.net", "c@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "perm", "c@example.net": "perm"}
+    assert relay_standin.messages == []
+
+
+async def test_one_rcpt_refused_others_delivered_once(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.reject_rcpt("bad@example.net", 550, "5.1.1 no such user")
+    rcpts = ["b@example.net", "bad@example.net", "c@example.net"]
+    tx = await conn.send("a@example.com", rcpts, MSG)
+    assert outcomes(tx) == {"b@example.net": "sent", "bad@example.net": "perm", "c@example.net": "sent"}
+    bad = next(r for r in tx.results if r.address == "bad@example.net")
+    assert bad.reply == "550 5.1.1 no such user"
+    [got] = relay_standin.wait_for(1)
+    assert got.rcpt_tos == ("b@example.net", "c@example.net")
+    await asyncio.sleep(0.1)
+    assert len(relay_standin.messages) == 1
+
+
+async def test_4xx_rcpt_is_temporary(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    relay_standin.reject_rcpt("later@example.net", 452, "4.2.2 mailbox full")
+    tx = await conn.send("a@example.com", ["later@example.net", "b@example.net"], MSG)
+    assert outcomes(tx) == {"later@example.net": "temp", "b@example.net": "sent"}
+
+
+async def test_all_rcpts_refused_no_data_and_connection_reusable(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.fail_next(550, "5.1.1 nope", stage="rcpt", count=2)
+    tx = await conn.send("a@example.com", ["x@example.net", "y@example.net"], MSG)
+    assert outcomes(tx) == {"x@example.net": "perm", "y@example.net": "perm"}
+    assert relay_standin.messages == []
+    tx = await conn.send("a@example.com", ["z@example.net"], MSG)  # after RSET: a fresh transaction works
+    assert outcomes(tx) == {"z@example.net": "sent"}
+    assert relay_standin.connections == 1
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(554, "perm"), (451, "temp")])
+async def test_final_dot_reply(
+    relay_standin: RelayStandin, conn: RelayConnection, code: int, outcome: str
+) -> None:
+    relay_standin.fail_next(code, stage="data")
+    relay_standin.reject_rcpt("bad@example.net")
+    tx = await conn.send("a@example.com", ["b@example.net", "bad@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": outcome, "bad@example.net": "perm"}
+    assert relay_standin.messages == [] and conn.usable
+
+
+async def test_421_is_connection_level(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    relay_standin.fail_next(421, "4.4.2 closing", stage="rcpt")
+    with pytest.raises(RelayError) as err:
+        await conn.send("a@example.com", ["b@example.net"], MSG)
+    assert err.value.stage == "rcpt" and err.value.reply.startswith("421")
+    assert not conn.usable
+
+
+async def test_drop_during_data_raises(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    relay_standin.drop_next(stage="data")
+    with pytest.raises(RelayError) as err:
+        await conn.send("a@example.com", ["b@example.net"], MSG)
+    assert err.value.stage == "data" and not conn.usable
+
+
+async def test_relay_down_is_connect_error(relay_standin: RelayStandin) -> None:
+    relay_standin.down()
+    with pytest.raises(RelayError) as err:
+        await connect(relay_standin)
+    assert err.value.stage == "connect"
+    assert "refused" in err.value.reply.lower()
+    relay_standin.up()
+    c = await connect(relay_standin)
+    assert outcomes(await c.send("a@example.com", ["b@example.net"], MSG)) == {"b@example.net": "sent"}
+    await c.close()
+
+
+async def test_idle_connection_cut_is_reuse_error_without_before_mail(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.down()
+    await asyncio.sleep(0.1)
+    called = []
+
+    async def before() -> None:
+        called.append(1)
+
+    with pytest.raises(RelayError) as err:
+        await conn.send("a@example.com", ["b@example.net"], MSG, before_mail=before)
+    assert err.value.stage == "reuse" and called == []
+    assert not conn.usable
+
+
+async def test_wrong_password_is_temporary_auth_error(relay_standin: RelayStandin) -> None:
+    password = "wrong-Pa55word-xyz"
+    with pytest.raises(RelayError) as err:
+        await connect(relay_standin, password=password)
+    assert err.value.stage == "auth" and err.value.reply.startswith("535")
+    assert err.value.exit_code == 75
+    assert password not in str(err.value)
+    assert relay_standin.auth_attempts == 1  # one mechanism, one try: no lockout trigger
+
+
+async def test_no_password_is_auth_error_before_any_attempt(relay_standin: RelayStandin) -> None:
+    c = RelayConnection(relay_cfg(relay_standin), None, "client.test")
+    with pytest.raises(RelayError) as err:
+        await c.connect()
+    assert err.value.stage == "auth" and relay_standin.auth_attempts == 0
+
+
+async def test_stalled_relay_times_out(relay_standin: RelayStandin) -> None:
+    c = await connect(relay_standin, timeout=0.5)
+    relay_standin.stall_next(5, stage="mail")
+    t0 = time.monotonic()
+    with pytest.raises(RelayError) as err:
+        await c.send("a@example.com", ["b@example.net"], MSG)
+    assert time.monotonic() - t0 < 3
+    assert err.value.stage == "mail" and "timed out" in err.value.reply
+    assert not c.usable
+
+
+async def test_data_timeout_governs_final_dot(relay_standin: RelayStandin) -> None:
+    # Commands time out after 0.3 s, but the relay may take 1 s to accept the message.
+    c = await connect(relay_standin, timeout=0.3, data_timeout=5)
+    relay_standin.stall_next(1.0, stage="data")
+    tx = await c.send("a@example.com", ["b@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "sent"}
+    relay_standin.stall_next(3.0, stage="data")
+    c2 = await connect(relay_standin, timeout=5, data_timeout=0.5)
+    with pytest.raises(RelayError) as err:
+        await c2.send("a@example.com", ["b@example.net"], MSG)
+    assert err.value.stage == "data"
+    await c.close()
+
+
+async def test_dsn_parameters_when_offered(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    dsn = {"ret": "hdrs", "envid": "Q1 x=y", "notify": "failure,delay"}
+    await conn.send("a@example.com", ["b@example.net"], MSG, dsn=dsn)
+    [got] = relay_standin.wait_for(1)
+    assert "RET=HDRS" in got.mail_options and "ENVID=Q1+20x+3Dy" in got.mail_options
+    assert got.rcpt_options == (("NOTIFY=FAILURE,DELAY",),)
+
+
+async def test_dsn_parameters_omitted_when_not_offered(
+    relay_standin_factory: Callable[..., RelayStandin],
+) -> None:
+    relay = relay_standin_factory(dsn=False)
+    c = await connect(relay)
+    tx = await c.send("a@example.com", ["b@example.net"], MSG, dsn={"ret": "FULL", "notify": "NEVER"})
+    assert outcomes(tx) == {"b@example.net": "sent"}
+    [got] = relay.wait_for(1)
+    assert not any(o.upper().startswith(("RET", "ENVID")) for o in got.mail_options)
+    assert got.rcpt_options == ((),)
+    await c.close()
+
+
+async def test_8bit_and_smtputf8_only_when_needed(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    await conn.send("a@example.com", ["b@example.net"], MSG)
+    body8 = "From: a@example.com\r\nSubject: x\r\n\r\nHej då\r\n".encode()
+    await conn.send("a@example.com", ["b@example.net"], body8)
+    await conn.send("a@example.com", ["rå@example.net"], MSG)
+    plain, eight, utf8 = relay_standin.wait_for(3)
+    assert [o.upper() for o in plain.mail_options] == [f"SIZE={len(MSG)}"]
+    assert "BODY=8BITMIME" in eight.mail_options and "SMTPUTF8" not in eight.mail_options
+    assert eight.data == body8
+    assert "SMTPUTF8" in utf8.mail_options and utf8.rcpt_tos == ("rå@example.net",)
+
+
+async def test_before_mail_awaited_once_right_before_mail(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    stamps: list[float] = []
+
+    async def before() -> None:
+        await asyncio.sleep(0.05)
+        stamps.append(time.monotonic())
+
+    for _ in range(3):
+        await conn.send("a@example.com", ["b@example.net"], MSG, before_mail=before)
+    relay_standin.wait_for(3)
+    mails = relay_standin.mail_from_times
+    assert len(stamps) == 3 and len(mails) == 3
+    for called, mail in zip(stamps, mails, strict=True):
+        assert 0 <= mail - called < 0.05
+
+
+def test_xtext_and_dsn_option_sanitising() -> None:
+    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert dsn_mail_options({"ret": "bogus", "envid": "ok"}) == ["ENVID=ok"]
+
+
+def test_standin_cli_prints_one_json_line_per_message(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.relay_standin", "--port", "0", "--ca-out", str(ca)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        info = json.loads(proc.stderr.readline())
+        port = int(info["listening"].rsplit(":", 1)[1])
+        cfg = RelayConfig(host="localhost", port=port, username=DEFAULT_USER, ca_file=str(ca), timeout=10)
+
+        async def send() -> TxResult:
+            c = RelayConnection(cfg, DEFAULT_PASSWORD, "client.test")
+            await c.connect()
+            tx = await c.send("a@example.com", ["b@example.net"], MSG)
+            await c.close()
+            return tx
+
+        assert outcomes(asyncio.run(send())) == {"b@example.net": "sent"}
+        line = json.loads(proc.stdout.readline())
+        assert line["mail_from"] == "a@example.com" and line["rcpt_tos"] == ["b@example.net"]
+        assert line["tls"] is True and line["auth_user"] == DEFAULT_USER and line["data"] == MSG.decode()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
