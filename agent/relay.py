@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -65,6 +66,23 @@ def tls_context(ca_file: str = "") -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_context(ca_file: str, ca_mtime_ns: int) -> ssl.SSLContext:
+    return tls_context(ca_file)
+
+
+def shared_tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """One context per CA file (version): parsing the system CA store for every
+    connection attempt costs CPU and, through malloc fragmentation, megabytes of RSS."""
+    try:
+        mtime = os.stat(ca_file).st_mtime_ns if ca_file else 0
+    except OSError:
+        mtime = -1  # let load_verify_locations report the error
+    if mtime == -1:
+        return tls_context(ca_file)
+    return _shared_context(ca_file, mtime)
 
 
 def _one_line(text: str) -> str:
@@ -186,7 +204,7 @@ class RelayConnection:
         """TCP (+TLS if implicit), EHLO, STARTTLS, EHLO, AUTH. progress(step, detail) after each."""
         report = progress or (lambda step, detail: None)
         cfg = self._cfg
-        ctx = tls_context(cfg.ca_file)
+        ctx = shared_tls_context(cfg.ca_file)
         implicit = cfg.tls == "implicit"
         self._smtp = smtp = aiosmtplib.SMTP(
             hostname=cfg.host,

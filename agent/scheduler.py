@@ -131,7 +131,12 @@ class Scheduler:
                 # while the relay is unreachable, leave the index alone: no re-reading
                 # of every queued file each time the backoff expires for one of them
                 relay_ok = now >= self.connect_backoff
-                while relay_ok and self.heap and self._next_due() <= now and not self.stopping:
+                while (
+                    self.heap
+                    and self._next_due() <= now
+                    and now >= self.connect_backoff
+                    and not self.stopping
+                ):
                     qid = self._pop()
                     self.inflight.add(qid)
                     await self.work.put(qid)
@@ -188,9 +193,13 @@ class Scheduler:
 
     # -- one message ------------------------------------------------------------
     async def _deliver(self, qid: str, conn: RelayConnection | None) -> RelayConnection | None:
+        if time.time() < self.connect_backoff:
+            # the relay just failed to connect: do not even read the file (expiry waits too,
+            # since a bounce needs the relay as much as the message does)
+            self._requeue(qid, self.connect_backoff)
+            return conn
         try:
-            env, message = await asyncio.to_thread(self.queue.read, qid)
-            st = await asyncio.to_thread(self.queue.read_state, qid)
+            env, message, st = await asyncio.to_thread(self._load, qid)
         except FileNotFoundError:
             return conn  # deleted by `queue delete` meanwhile
         except fmt.FormatError as exc:
@@ -216,9 +225,6 @@ class Scheduler:
             results = [RcptResult(env.recipients[i], "perm", "554 5.4.7 " + reason) for i in pending]
             await self._record(qid, env, message, st, pending, results, "", now)
             return conn
-        if self.connect_backoff and now < self.connect_backoff:
-            self._requeue(qid, self.connect_backoff)
-            return conn
         try:
             conn = await self._connection(conn)
             args = (env.sender, [env.recipients[i] for i in pending], message, dict(env.dsn))
@@ -239,6 +245,10 @@ class Scheduler:
         self.connect_backoff = 0.0
         await self._record(qid, env, message, st, pending, list(tx.results), tx.relay, now)
         return conn
+
+    def _load(self, qid: str) -> tuple[fmt.Envelope, bytes, fmt.State]:
+        env, message = self.queue.read(qid)
+        return env, message, self.queue.read_state(qid)
 
     async def _record(
         self,

@@ -1,0 +1,255 @@
+"""File modes and who may do what: the queue is the daemon's alone, the socket follows
+listen.socket_mode/socket_group, the maildrop is writable but not listable.
+
+CI runs as root, so every "other user" check runs as `nobody` (setpriv), with
+Debian's /usr/bin/python3 (the venv's interpreter lives under /root, mode 0700).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import stat
+import subprocess
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent_env import AgentEnv
+from tests.support.relay_standin import RelayStandin
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = sysconfig.get_paths()["purelib"]
+SYSTEM_PYTHON = "/usr/bin/python3"
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+GROUP = "users"  # a group nobody is not in
+MSG = b"From: app@example.com\nTo: %s\nSubject: perms\n\nhello\n"
+
+
+def system_python_ok() -> bool:
+    try:
+        out = subprocess.run(
+            [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True
+        )
+    except OSError:
+        return False
+    return out.stdout.strip() == b"(3, 11)"
+
+
+pytestmark = pytest.mark.skipif(not system_python_ok(), reason="needs Debian's /usr/bin/python3 (3.11)")
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+def wait_until(cond: object, timeout: float = 15.0) -> None:
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def as_other(code: str, *args: str, groups: str = "") -> subprocess.CompletedProcess[str]:
+    """Run Python code as nobody (optionally with supplementary groups)."""
+    who = AS_NOBODY if not groups else ["setpriv", "--reuid=nobody", "--regid=nogroup", f"--groups={groups}"]
+    return subprocess.run(
+        [*who, SYSTEM_PYTHON, "-c", code, *args], capture_output=True, text=True, cwd="/", timeout=60
+    )
+
+
+def cli_as_nobody(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    code = (
+        f"import sys; sys.path[0:0] = [{str(REPO)!r}, {SITE!r}]; sys.argv[0] = 'relay-agent';"
+        "from agent.cli import main; main()"
+    )
+    env = {"PATH": "/usr/bin:/bin", "RELAY_AGENT_CONFIG": str(config)}
+    return subprocess.run(
+        [*AS_NOBODY, SYSTEM_PYTHON, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=60,
+    )
+
+
+# --- modes after real submissions ---------------------------------------------------
+
+
+def test_queue_dirs_0700_files_0600_whatever_the_umask(tmp_path: Path, relay_standin: RelayStandin) -> None:
+    relay_standin.down()  # keep everything queued and give it state files
+    env = AgentEnv(tmp_path, relay_standin)
+    old = os.umask(0o022)  # a permissive umask, as a shell or a careless unit would give
+    try:
+        assert env.sendmail(["-i", "md@example.net"], MSG % b"md@example.net").returncode == 0  # maildrop
+        env.start()
+        for i in range(3):
+            assert (
+                env.sendmail(["-i", f"s{i}@example.net"], MSG % f"s{i}@example.net".encode()).returncode == 0
+            )
+        state = env.queue_dir / "state"
+        wait_until(lambda: len(list(state.iterdir())) == 4)
+        uid = os.geteuid()
+        for d in [env.queue_dir, *(env.queue_dir / s for s in ("tmp", "msg", "state", "corrupt"))]:
+            assert mode(d) == 0o700 and d.lstat().st_uid == uid, d
+        files = list((env.queue_dir / "msg").iterdir()) + list(state.iterdir())
+        assert len(files) == 8
+        for f in files:
+            assert mode(f) == 0o600 and f.lstat().st_uid == uid, (f, oct(mode(f)))
+        assert mode(env.maildrop) == 0o1733
+        digest = tmp_path / ".config.toml.digest"
+        assert mode(digest) == 0o644  # sendmail reads it as any user; it holds no secret
+        status = env.queue_dir / "status.json"
+        assert status.exists() and mode(status) & 0o022 == 0
+    finally:
+        os.umask(old)
+        env.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG daemon.py write_status: status.json is created with open() so its mode follows the "
+    "umask (0644 under 022) instead of 0600 like every other queue file",
+)
+def test_status_json_is_0600_whatever_the_umask(tmp_path: Path, relay_standin: RelayStandin) -> None:
+    env = AgentEnv(tmp_path, relay_standin)
+    old = os.umask(0o022)
+    try:
+        env.start()
+        status = env.queue_dir / "status.json"
+        wait_until(status.exists)
+        assert mode(status) == 0o600, oct(mode(status))
+    finally:
+        os.umask(old)
+        env.stop()
+
+
+# --- another user against a running daemon ------------------------------------------------
+
+
+class World:
+    def __init__(self, root: Path, agent: AgentEnv) -> None:
+        self.root = root
+        self.agent = agent
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    root = Path(tempfile.mkdtemp(prefix="relay-agent-perms-"))
+    root.chmod(0o755)  # pytest's tmp dirs are 0700: nobody must at least reach the socket
+    relay = RelayStandin()
+    relay.start()
+    agent = AgentEnv(root, relay, extra={"listen": {"socket_mode": "0660", "socket_group": GROUP}})
+    agent.config.chmod(0o644)
+    agent.start()
+    try:
+        yield World(root, agent)
+    finally:
+        agent.stop()
+        relay.stop()
+        shutil.rmtree(root)
+
+
+CONNECT = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n"
+    "    s.connect(sys.argv[1]); print(s.recv(100).decode().strip())\n"
+    "except OSError as e:\n"
+    "    print('ERR', e.strerror)\n"
+)
+
+
+def test_socket_mode_and_group_follow_the_config(world: World) -> None:
+    st = world.agent.socket.lstat()
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam(GROUP).gr_gid
+    outsider = as_other(CONNECT, str(world.agent.socket))
+    assert outsider.stdout.strip() == "ERR Permission denied", outsider
+    member = as_other(CONNECT, str(world.agent.socket), groups=str(grp.getgrnam(GROUP).gr_gid))
+    assert member.stdout.startswith("220"), member
+
+
+def test_nobody_cannot_open_queue_files(world: World) -> None:
+    world.agent.relay.down()  # keep one message in the queue to aim at
+    try:
+        rcpt = b"held@example.net"
+        assert world.agent.sendmail(["-i", rcpt.decode()], MSG % rcpt).returncode == 0
+        msg_dir = world.agent.queue_dir / "msg"
+        wait_until(lambda: any(msg_dir.iterdir()))
+        target = next(msg_dir.iterdir())
+        code = (
+            "import os, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    try:\n"
+            "        open(p, 'rb').read() if os.path.basename(p) != 'msg' else os.listdir(p); print('READ')\n"
+            "    except OSError as e:\n"
+            "        print(e.strerror)\n"
+        )
+        res = as_other(code, str(target), str(msg_dir), str(world.agent.queue_dir / "status.json"))
+        assert res.stdout.splitlines() == ["Permission denied"] * 3, res
+    finally:
+        world.agent.relay.up()
+        world.agent.cli("queue", "flush")
+        world.agent.wait_queue_empty()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG queue_view.collect: os.path.isdir(queue.msg) is False when the queue cannot be "
+    "traversed, so `queue list`/`status`/mailq as another user print an empty queue and exit 0",
+)
+def test_nobody_gets_one_line_error_from_queue_commands(world: World) -> None:
+    for args in (("queue", "list"), ("queue", "list", "--json"), ("status", "--json")):
+        res = cli_as_nobody(world.agent.config, *args)
+        assert res.returncode != 0, (args, res.stdout)
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("relay-agent: "), (args, res.stderr)
+        assert "Permission denied" in lines[0] and res.stdout == ""
+
+
+def test_maildrop_is_writable_not_listable_and_sticky(world: World) -> None:
+    """Another user's drop cannot be found (no listing, 128-bit random names) nor removed or replaced."""
+    assert mode(world.agent.maildrop) == 0o1733  # as the daemon made it
+    # the same kind of directory, where no daemon takes the drops away while we look
+    from agent import maildrop_write, pickup
+
+    md = world.root / "maildrop-idle"
+    pickup.ensure_maildrop(str(md))
+    assert mode(md) == 0o1733
+    body = b"Subject: s\r\n\r\nx\r\n"
+    names = [maildrop_write.write(str(md), 0, "app@example.com", ["x@example.net"], body) for _ in range(2)]
+    assert (
+        all(len(n) == 32 and all(c in "0123456789abcdef" for c in n) for n in names) and names[0] != names[1]
+    )
+    code = (
+        "import os, sys\n"
+        "md, name = sys.argv[1], sys.argv[2]\n"
+        "def t(f):\n"
+        "    try:\n"
+        "        f(); return 'OK'\n"
+        "    except OSError as e:\n"
+        "        return e.strerror\n"
+        "print(t(lambda: os.listdir(md)))\n"
+        "print(t(lambda: open(os.path.join(md, '0' * 32)).read()))\n"
+        "print(t(lambda: os.unlink(os.path.join(md, name))))\n"
+        "open(os.path.join(md, '.mine'), 'w').close()\n"
+        "print(t(lambda: os.rename(os.path.join(md, '.mine'), os.path.join(md, name))))\n"
+        "os.unlink(os.path.join(md, '.mine'))\n"
+    )
+    res = as_other(code, str(md), names[0])
+    assert res.returncode == 0, res.stderr
+    listing, guess, unlink, replace = res.stdout.splitlines()
+    assert listing == "Permission denied"
+    assert guess == "No such file or directory"
+    assert unlink == "Operation not permitted" and replace == "Operation not permitted"  # sticky
+    assert all((md / n).read_bytes().endswith(b"RELAY-AGENT-END\n") for n in names)
