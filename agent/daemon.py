@@ -173,7 +173,8 @@ class Daemon:
             "last_relay_error": c.last_relay_error,
         }
         tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
             json.dump(data, fh)
         os.replace(tmp, path)
 

@@ -11,6 +11,8 @@ daemon keeps running.
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -71,10 +73,15 @@ def candidates(path: str) -> Iterator[str]:
             yield e.name
 
 
-def qid_for(name: str, mtime: float) -> str:
-    """Deterministic per file, so a crash between enter and unlink cannot duplicate."""
-    digits = "".join(c for c in name.upper() if c in "0123456789ABCDEF")[:5].ljust(5, "0")
-    return f"{int(mtime * 1_000_000) & 0xFFFFFFFFFFF:011X}{digits}"
+def qid_for(name: str, st: os.stat_result, key: bytes) -> str:
+    """Deterministic per file, so a crash between enter and unlink cannot duplicate.
+
+    The submitter chooses the name and the mtime, so the random part is a keyed hash:
+    nobody without the queue's key can aim a drop at an existing message's id.
+    """
+    ident = f"{name}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}".encode()
+    digits = hmac.new(key, ident, hashlib.sha256).hexdigest()[:5].upper()
+    return f"{(st.st_mtime_ns // 1000) & 0xFFFFFFFFFFF:011X}{digits}"
 
 
 def _kind(mode: int) -> str:
@@ -135,7 +142,7 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
             uid=st.st_uid,  # the file's owner, not what the file claims
             dsn=env.dsn,
             origin="maildrop",
-            qid=qid_for(name, st.st_mtime),
+            qid=qid_for(name, st, cleanup.queue.key()),
         )
     except FileNotFoundError:
         return None

@@ -72,6 +72,7 @@ class Queue:
         self.msg = os.path.join(path, "msg")
         self.statedir = os.path.join(path, "state")
         self.corrupt = os.path.join(path, "corrupt")
+        self._key = b""
 
     # -- setup and recovery -------------------------------------------------
     def ensure_dirs(self) -> None:
@@ -83,6 +84,23 @@ class Queue:
                 os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         finally:
             os.umask(old)
+
+    def key(self) -> bytes:
+        """A secret of this queue (0600), created on first use: keys maildrop ids."""
+        if self._key:
+            return self._key
+        path = os.path.join(self.path, "pickup.key")
+        try:
+            with open(path, "rb") as fh:
+                self._key = fh.read()
+                return self._key
+        except FileNotFoundError:
+            secret = os.urandom(32)
+            try:
+                write_durably(path, secret)
+            except FileExistsError:
+                return self.key()
+            return secret
 
     def recover(self) -> list[str]:
         """Move never-acknowledged tmp files to corrupt/; drop orphan state files.

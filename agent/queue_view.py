@@ -60,7 +60,7 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
         except (OSError, fmt.FormatError):
             continue
         yield {
-            "id": qid_for(name, st.st_mtime),
+            "id": qid_for(name, st, b""),  # display only: the id may change at pickup
             "state": "queued",
             "sender": env.sender,
             "size": len(msg),
@@ -73,7 +73,11 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
 
 
 def collect(queue: Queue, maildrop: str) -> list[dict[str, Any]]:
-    items = [item(e) for e in queue.entries()] if os.path.isdir(queue.msg) else []
+    try:
+        os.stat(queue.msg)
+        items = [item(e) for e in queue.entries()]
+    except FileNotFoundError:
+        items = []  # no queue yet: nothing was ever queued (PermissionError goes to the caller)
     return items + list(maildrop_items(maildrop))
 
 

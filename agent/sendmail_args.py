@@ -8,7 +8,7 @@ permutes on Linux) until `--`.
 
 from __future__ import annotations
 
-from agent.errors import UsageError
+from agent.errors import MessageError, UsageError
 
 # flags that take a value; -o and -b take the rest of their word, -q only an attached one
 VALUE_FLAGS = frozenset("frFCBNRVLhXoOb")
@@ -98,7 +98,7 @@ def parse(argv: list[str], prog: str = "sendmail") -> Options:
         i = _cluster(word, argv, i, values)
     for word in recipients:
         if any(c in word for c in "\r\n\0"):
-            raise UsageError("recipient argument contains CR, LF or NUL")
+            raise MessageError("recipient argument contains CR, LF or NUL")
     values["recipients"] = tuple(part.strip() for word in recipients for part in _split_commas(word))
     return Options(**values)
 
@@ -159,7 +159,8 @@ def _bool_flag(flag: str, values: dict[str, object]) -> None:
 
 def _value_flag(flag: str, value: str, values: dict[str, object]) -> None:
     if any(c in value for c in "\r\n\0"):
-        raise UsageError(f"option -{flag} value contains CR, LF or NUL")
+        # an address that cannot be parsed is a data error (65), as INTERFACE.md says
+        raise (MessageError if flag in "fr" else UsageError)(f"option -{flag} value contains CR, LF or NUL")
     if flag in "fr":
         values["sender"] = value
     elif flag == "F":

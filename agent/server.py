@@ -42,9 +42,26 @@ class SubmitSMTP(SMTP):
                 result.pop(key, None)
         return result
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _injection(arg):
+            await self.push("501 5.5.2 Syntax error: CR, LF or NUL in the address")
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and _injection(arg):
+            await self.push("501 5.5.2 Syntax error: CR, LF or NUL in the address")
+            return
+        await super().smtp_RCPT(arg)
+
     async def smtp_ETRN(self, arg: str) -> None:
         status = await self._call_handler_hook("ETRN", arg)
         await self.push(status)
+
+
+def _injection(arg: str) -> bool:
+    # aiosmtpd's parser would silently drop a bare CR inside <...>: refuse instead
+    return any(c in arg for c in "\r\n\0")
 
 
 def peer_uid(transport: asyncio.BaseTransport) -> int:

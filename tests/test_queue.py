@@ -144,3 +144,17 @@ def test_bounce_is_rfc3464() -> None:
     status = parts[1].get_payload()
     assert any(p["Status"] == "5.1.1" and p["Action"] == "failed" for p in status)
     assert b"secret body" not in report  # RET=HDRS by default: headers only
+
+
+def test_maildrop_ids_are_deterministic_but_keyed(q: Queue, tmp_path: Path) -> None:
+    from agent.pickup import qid_for
+
+    f = tmp_path / "drop"
+    f.write_bytes(b"x")
+    st = os.stat(f)
+    key = q.key()
+    assert len(key) == 32 and q.key() == key == Queue(q.path).key()
+    assert stat.S_IMODE(os.stat(os.path.join(q.path, "pickup.key")).st_mode) == 0o600
+    assert qid_for("drop", st, key) == qid_for("drop", st, key)  # a re-pickup after a crash: same id
+    assert valid_id(qid_for("drop", st, key))
+    assert qid_for("drop", st, key) != qid_for("drop", st, b"other key")

@@ -440,11 +440,6 @@ def test_smtp_refuses_cr_and_nul_in_addresses(site: Site, bad: bytes) -> None:
     assert not any("evil@example.org" in "".join(m.rcpt_tos) for m in site.relay.messages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG server.py: aiosmtpd's address parser silently drops a bare CR inside <...>, "
-    "so the address is accepted (cleaned) instead of refused",
-)
 def test_smtp_refuses_a_bare_cr_even_where_the_parser_would_drop_it(site: Site) -> None:
     with Raw(str(site.agent.socket)) as c:
         assert c.cmd(b"EHLO me").startswith(b"250")
@@ -506,11 +501,6 @@ def test_sendmail_argv_injection_is_refused(site: Site, args: list[str]) -> None
     assert not any("evil@example.org" in m.rcpt_tos for m in site.relay.messages)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG sendmail_args.py: CR/LF in a recipient argument or -f value is UsageError (64); "
-    "INTERFACE.md says an address that cannot be parsed is 65",
-)
 @pytest.mark.parametrize("args", ARGV_INJECTIONS, ids=ARGV_IDS)
 def test_sendmail_argv_injection_exits_65(site: Site, args: list[str]) -> None:
     res = site.agent.sendmail(args, b"From: app@example.com\nSubject: s\n\nhi\n")

@@ -115,11 +115,6 @@ def test_queue_dirs_0700_files_0600_whatever_the_umask(tmp_path: Path, relay_sta
         env.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG daemon.py write_status: status.json is created with open() so its mode follows the "
-    "umask (0644 under 022) instead of 0600 like every other queue file",
-)
 def test_status_json_is_0600_whatever_the_umask(tmp_path: Path, relay_standin: RelayStandin) -> None:
     env = AgentEnv(tmp_path, relay_standin)
     old = os.umask(0o022)
@@ -203,11 +198,6 @@ def test_nobody_cannot_open_queue_files(world: World) -> None:
         world.agent.wait_queue_empty()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG queue_view.collect: os.path.isdir(queue.msg) is False when the queue cannot be "
-    "traversed, so `queue list`/`status`/mailq as another user print an empty queue and exit 0",
-)
 def test_nobody_gets_one_line_error_from_queue_commands(world: World) -> None:
     for args in (("queue", "list"), ("queue", "list", "--json"), ("status", "--json")):
         res = cli_as_nobody(world.agent.config, *args)
