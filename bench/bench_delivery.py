@@ -1,0 +1,277 @@
+"""Delivery rate: a backlog at `rate = 10`, the limit lifted, and the relay stand-in's own capacity.
+
+1. rate = 10, a 1,000-message backlog (queue files written before the daemon starts): the rate
+   the relay stand-in sees, (n - 1) / (t_last - t_first) over its MAIL FROM timestamps, and the
+   relay connections used. Budget: within 2 % of 10 msg/s, over few connections.
+2. limit lifted (rate = 100000): 1,000 messages submitted over the daemon's Unix socket (smtplib
+   over AF_UNIX, several messages per connection) until the relay stand-in holds them all.
+   Budget: >= 300 msg/s end to end.
+3. the relay stand-in's own capacity: aiosmtplib pushing 1,000 messages over 2 persistent
+   STARTTLS+AUTH connections straight at it, so it is clearly not the bottleneck.
+
+The upstream is tests/support/relay_standin.py (aiosmtpd with STARTTLS and AUTH, a test CA), not
+Postfix's smtp-sink used for the peers: relay-agent refuses AUTH without STARTTLS.
+Submitters and pushers run in a child process so they do not share the stand-in's GIL.
+
+    .venv/bin/python bench/bench_delivery.py [--count 1000] [--quick] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+RATE_TOLERANCE = 0.02
+LIFTED_BUDGET = 300.0
+
+
+def socket_message(i: int) -> bytes:
+    msg = common.message().replace(b"Bcc: carol@example.net\n", b"")
+    return common.crlf(msg.replace(b"Subject: ", f"Message-ID: <bench{i}@example.com>\nSubject: ".encode()))
+
+
+# ----- child processes -----------------------------------------------------------------------
+
+
+def child_submit(sock: str, count: int, conns: int, per_conn: int) -> dict[str, Any]:
+    """Submit `count` messages over the Unix socket from `conns` threads, `per_conn` per session."""
+    import smtplib
+    import socket
+    import threading
+
+    class UnixSMTP(smtplib.SMTP):
+        def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(sock)
+            return s
+
+    todo = list(range(count))
+    lock = threading.Lock()
+    errors: list[str] = []
+    sessions = [0]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                batch, todo[:] = todo[:per_conn], todo[per_conn:]
+                sessions[0] += bool(batch)
+            if not batch:
+                return
+            client = UnixSMTP(timeout=60)
+            client.connect("localhost", 0)
+            client.ehlo("bench.localdomain")
+            for i in batch:
+                try:
+                    client.sendmail("bench@example.com", ["alice@example.net"], socket_message(i))
+                except smtplib.SMTPException as exc:
+                    errors.append(str(exc))
+            client.quit()
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "start": start,
+        "end": time.monotonic(),
+        "errors": errors[:3],
+        "error_count": len(errors),
+        "sessions": sessions[0],
+    }
+
+
+def child_push(port: int, ca_file: str, username: str, count: int, conns: int) -> dict[str, Any]:
+    """aiosmtplib straight at the relay stand-in over `conns` persistent TLS connections."""
+    import asyncio
+    import ssl
+
+    import aiosmtplib
+
+    password = os.environ["BENCH_RELAY_PASSWORD"]
+    ctx = ssl.create_default_context(cafile=ca_file)
+    data = socket_message(0)
+
+    async def one_connection(n: int) -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=ctx, start_tls=True)
+        await client.connect()
+        await client.login(username, password)
+        for _ in range(n):
+            await client.sendmail("bench@example.com", ["alice@example.net"], data)
+        await client.quit()
+
+    async def run() -> None:
+        share = [count // conns + (i < count % conns) for i in range(conns)]
+        await asyncio.gather(*(one_connection(n) for n in share))
+
+    start = time.monotonic()
+    asyncio.run(run())
+    return {"start": start, "end": time.monotonic()}
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args[0]} exited {proc.returncode}: {common.brief(proc.stderr)}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ----- the three measurements ----------------------------------------------------------------
+
+
+def relay_capacity(count: int) -> list[common.Row]:
+    from tests.support.relay_standin import RelayStandin
+
+    with RelayStandin() as relay:
+        env = dict(os.environ, BENCH_RELAY_PASSWORD=relay.password)
+        res = run_child(["_push", str(relay.port), relay.ca_file, relay.username, str(count), "2"], env=env)
+        got = len(relay.wait_for(count, timeout=30))
+        rate = count / (res["end"] - res["start"])
+        return [
+            common.row(
+                "relay stand-in capacity (aiosmtplib, 2 TLS connections)",
+                rate,
+                "msg/s",
+                "",
+                None,
+                f"{got} messages, {relay.connections} connections",
+            )
+        ]
+
+
+def paced_rate(count: int, rate: float, tmp: Path) -> list[common.Row]:
+    from tests.support.agent_env import AgentEnv
+    from tests.support.relay_standin import RelayStandin
+
+    with RelayStandin() as relay:
+        env = AgentEnv(tmp, relay, rate=rate)
+        common.write_queue_files(env.queue_dir, count, common.message())
+        env.start(timeout=60)
+        try:
+            msgs = relay.wait_for(count, timeout=count / rate * 1.5 + 30)
+        except Exception as exc:
+            msgs = relay.messages
+            note = f"only {len(msgs)}/{count} arrived: {common.brief(str(exc))}"
+        else:
+            note = f"{len(msgs)} messages"
+        finally:
+            env.stop()
+        times = sorted(relay.mail_from_times)
+        got = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+        ok = None if got is None else abs(got - rate) <= RATE_TOLERANCE * rate
+        return [
+            common.row(
+                f"delivered rate, {count}-message backlog, rate = {rate:g}",
+                got,
+                "msg/s",
+                f"{rate:g} +- 2 %",
+                ok,
+                note,
+            ),
+            common.row(
+                f"relay connections used, rate = {rate:g}",
+                relay.connections,
+                "",
+                "few",
+                None,
+                f"{len(times)} MAIL FROMs",
+            ),
+        ]
+
+
+def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int) -> list[common.Row]:
+    from tests.support.agent_env import AgentEnv
+    from tests.support.relay_standin import RelayStandin
+
+    with RelayStandin() as relay:
+        env = AgentEnv(tmp, relay, rate=100000.0)
+        env.start(timeout=60)
+        try:
+            res = run_child(["_submit", str(env.socket), str(count), str(conns), str(per_conn)])
+            try:
+                msgs = relay.wait_for(count, timeout=120)
+                note = ""
+            except Exception:
+                msgs = relay.messages
+                note = f"only {len(msgs)}/{count} arrived; "
+        finally:
+            env.stop()
+        end = max(m.time for m in msgs) if msgs else res["end"]
+        rate = len(msgs) / (end - res["start"])
+        submit_rate = count / (res["end"] - res["start"])
+        note += f"{res['sessions']} socket sessions, {conns} in parallel, {res['error_count']} refused"
+        if res["errors"]:
+            note += f" ({res['errors'][0]})"
+        return [
+            common.row(
+                "end to end, limit lifted, Unix socket -> relay stand-in",
+                rate,
+                "msg/s",
+                ">= 300 msg/s",
+                rate >= LIFTED_BUDGET if len(msgs) == count else False,
+                note,
+            ),
+            common.row(
+                "submission over the Unix socket alone (250 after DATA)", submit_rate, "msg/s", "", None
+            ),
+            common.row("relay connections used, limit lifted", relay.connections, "", "few", None),
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        return child_main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--conns", type=int, default=4, help="parallel socket sessions")
+    ap.add_argument("--per-conn", type=int, default=50, help="messages per socket session")
+    ap.add_argument("--quick", action="store_true", help="30 messages, for a smoke test")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    count = 30 if args.quick else args.count
+    per_conn = 10 if args.quick else args.per_conn
+    rows: list[common.Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-delivery.") as d:
+        for name, job in (
+            ("capacity", lambda: relay_capacity(count)),
+            ("paced", lambda: paced_rate(count, args.rate, Path(d) / "paced")),
+            ("lifted", lambda: lifted_rate(count, Path(d) / "lifted", args.conns, per_conn)),
+        ):
+            (Path(d) / name).mkdir(exist_ok=True)
+            try:
+                rows += job()
+            except Exception as exc:  # one broken part must not hide the other figures
+                rows.append(common.row(f"{name}: could not measure", None, note=common.brief(str(exc))))
+    print(common.rows_table(rows))
+    common.write_json(args.json, {"rows": rows})
+    return 0
+
+
+def child_main(args: list[str]) -> int:
+    if args[0] == "_submit":
+        result = child_submit(args[1], int(args[2]), int(args[3]), int(args[4]))
+    elif args[0] == "_push":
+        result = child_push(int(args[1]), args[2], args[3], int(args[4]), int(args[5]))
+    else:
+        raise SystemExit(f"unknown child mode {args[0]}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""`sendmail -t -i < 2 KB message`: latency (median, p90) and peak RSS, relay-agent vs its peers.
+
+Measured in one run, because passes differ by up to 35 % on a busy 2-core machine:
+- relay-agent's installed stub (agent.stub.render: `#!<venv python> -SE`), what `install` puts
+  at /usr/sbin/sendmail, with the daemon running (socket) and down (maildrop);
+- the plain console script .venv/bin/sendmail, for comparison (pip's wrapper imports `re`);
+- Postfix, nullmailer, dma and msmtp, each in its own namespace (bench/peers.sh);
+- floors: spawning /bin/true and `python -S -E -c pass`.
+
+Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down.
+
+    .venv/bin/python bench/bench_sendmail.py [--runs 50] [--quick] [--no-peers] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import common
+
+PEERS = ("postfix", "nullmailer", "dma", "msmtp")
+BUDGET_MS = 20.0
+
+
+def timeloop(
+    cmd: list[str],
+    msg: Path,
+    runs: int,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """Run bench/timeloop.py (optionally inside `prefix`, e.g. a peer's namespace)."""
+    loop = [python, str(common.BENCH / "timeloop.py"), "--runs", str(runs), "--input", str(msg), "--"]
+    proc = subprocess.run(
+        [*(prefix or []), *loop, *cmd], env=env, capture_output=True, text=True, timeout=600
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    result: dict[str, Any] = json.loads(lines[-1])
+    if proc.stderr.strip():
+        result["stderr"] = proc.stderr.strip().splitlines()[-1]
+    return result
+
+
+def summarize(name: str, res: dict[str, Any], note: str = "") -> dict[str, Any]:
+    if "error" in res:
+        return {
+            "name": name,
+            "median_ms": None,
+            "p90_ms": None,
+            "rss_mib": None,
+            "runs": 0,
+            "failures": None,
+            "note": f"could not run: {res['error']}",
+        }
+    ms = [n / 1e6 for n in res["ns"]]
+    rss = [k / 1024 for k in res["rss_kib"]]
+    if res["failures"]:
+        note = (note + "; " if note else "") + f"{res['failures']} runs failed: {res.get('stderr', '')}"
+    return {
+        "name": name,
+        "median_ms": common.median(ms),
+        "p90_ms": common.p90(ms),
+        "rss_mib": common.median(rss) if rss else None,
+        "runs": len(ms),
+        "failures": res["failures"],
+        "note": note,
+    }
+
+
+def stub_script(directory: Path) -> Path:
+    from agent import stub
+
+    path = directory / "sendmail"
+    path.write_text(stub.render("sendmail", stub.default_python(), stub.default_site_dirs()))
+    path.chmod(0o755)
+    return path
+
+
+def measure_agent(msg: Path, runs: int, tmp: Path) -> list[dict[str, Any]]:
+    from tests.support.agent_env import AgentEnv
+    from tests.support.relay_standin import RelayStandin
+
+    results = []
+    stub = stub_script(tmp)
+    console = str(common.VENV_BIN / "sendmail")
+    with RelayStandin() as relay:
+        (tmp / "agent").mkdir()
+        env = AgentEnv(tmp / "agent", relay)
+        try:
+            env.start()
+            up = True
+        except RuntimeError as exc:
+            up = False
+            results.append(
+                {
+                    "name": "relay-agent (daemon up)",
+                    "median_ms": None,
+                    "p90_ms": None,
+                    "rss_mib": None,
+                    "runs": 0,
+                    "failures": None,
+                    "note": f"daemon did not start: {common.brief(str(exc))}",
+                }
+            )
+        if up:
+            try:
+                for name, cmd in (
+                    ("relay-agent stub, daemon up", str(stub)),
+                    ("relay-agent console script, daemon up", console),
+                ):
+                    before = len(relay.messages)
+                    res = summarize(name, timeloop([cmd, "-t", "-i"], msg, runs, env=env.env))
+                    res["note"] = _delivered_note(relay, before, res, res["note"])
+                    results.append(res)
+            finally:
+                env.stop()
+        for name, cmd in (
+            ("relay-agent stub, daemon down (maildrop)", str(stub)),
+            ("relay-agent console script, daemon down (maildrop)", console),
+        ):
+            before = _maildrop_count(env.maildrop)
+            res = summarize(name, timeloop([cmd, "-t", "-i"], msg, runs, env=env.env))
+            dropped = _maildrop_count(env.maildrop) - before
+            res["note"] = "; ".join(x for x in (res["note"], f"{dropped} files in maildrop") if x)
+            results.append(res)
+    return results
+
+
+def _maildrop_count(path: Path) -> int:
+    return sum(1 for n in os.listdir(path) if not n.startswith(".")) if path.is_dir() else 0
+
+
+def _delivered_note(relay: Any, before: int, res: dict[str, Any], note: str) -> str:
+    """Check the submissions really went through the daemon to the relay stand-in."""
+    want = res["runs"] + 3 + 5  # the warm-up and RSS runs are real submissions too
+    try:
+        got = len(relay.wait_for(before + want, timeout=30)) - before
+    except Exception:
+        got = len(relay.messages) - before
+    return "; ".join(x for x in (note, f"{got}/{want} relayed") if x)
+
+
+def measure_peer(peer: str, msg: Path, runs: int) -> dict[str, Any]:
+    why = subprocess.run(
+        [str(common.BENCH / "peers.sh"), "check", peer], capture_output=True, text=True, timeout=120
+    ).stdout.strip()
+    if why != "ok":
+        return summarize(peer, {"error": why or "peers.sh check gave no answer"})
+    prefix = [
+        str(common.BENCH / "peers.sh"),
+        "run",
+        peer,
+        "sh",
+        "-c",
+        'exec "$@" "$PEER_SENDMAIL" -t -i',
+        "sh",
+    ]
+    note = {
+        "msmtp": "connects to smtp-sink per message",
+        "nullmailer": "enqueue; nullmailer-send drains",
+        "dma": "enqueue, delivers in a forked child",
+        "postfix": "postdrop into maildrop",
+    }[peer]
+    return summarize(peer, timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3"), note)
+
+
+def floors(msg: Path, runs: int) -> list[dict[str, Any]]:
+    return [
+        summarize("floor: spawn /bin/true", timeloop(["/bin/true"], msg, runs)),
+        summarize(
+            "floor: python -S -E -c pass",
+            timeloop([str(common.VENV_PYTHON), "-S", "-E", "-c", "pass"], msg, runs),
+        ),
+    ]
+
+
+def budget_rows(results: list[dict[str, Any]]) -> list[common.Row]:
+    by = {r["name"]: r for r in results}
+    postfix = by.get("postfix", {}).get("median_ms")
+    rows = []
+    for state in ("daemon up", "daemon down (maildrop)"):
+        ours = by.get(f"relay-agent stub, {state}", {}).get("median_ms")
+        ok = None if ours is None else ours <= BUDGET_MS
+        rows.append(common.row(f"sendmail stub median, {state}", ours, "ms", "<= 20 ms", ok))
+        if ours is not None and postfix is not None:
+            rows.append(
+                common.row(
+                    f"sendmail stub vs Postfix, {state}",
+                    ours / postfix,
+                    "x Postfix",
+                    "<= 1.0",
+                    ours <= postfix,
+                    f"Postfix {postfix:.1f} ms in the same run",
+                )
+            )
+        else:
+            rows.append(
+                common.row(
+                    f"sendmail stub vs Postfix, {state}",
+                    None,
+                    "",
+                    "<= 1.0",
+                    None,
+                    "Postfix or relay-agent not measured",
+                )
+            )
+    return rows
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    return common.table(
+        ["sendmail -t -i (2 KB)", "median ms", "p90 ms", "peak RSS MiB", "runs", "note"],
+        [[r["name"], r["median_ms"], r["p90_ms"], r["rss_mib"], r["runs"], r["note"]] for r in results],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="5 runs, for a smoke test")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    runs = 5 if args.quick else max(args.runs, 30)
+    with tempfile.TemporaryDirectory(prefix="bench-sendmail.") as d:
+        tmp = Path(d)
+        os.chmod(tmp, 0o755)  # peers run as other users inside their namespace and read the message
+        msg = tmp / "message.eml"
+        msg.write_bytes(common.message())
+        msg.chmod(0o644)
+        results = floors(msg, runs)
+        results += measure_agent(msg, runs, tmp)
+        if not args.no_peers:
+            results += [measure_peer(p, msg, runs) for p in args.peers.split(",") if p]
+    rows = budget_rows(results)
+    print(results_table(results))
+    print()
+    print(common.rows_table(rows))
+    common.write_json(args.json, {"sendmail": results, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

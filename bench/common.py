@@ -1,0 +1,138 @@
+"""Shared bits of the benchmarks: paths, the test message, statistics, tables, result files.
+
+Each bench script prints a markdown table and, with `--json PATH`, writes its rows there for
+run_all.py. A row is a dict: {"what", "value", "unit", "budget", "ok", "note"}; "ok" is
+True/False against the INTERFACE.md budget, or None where there is no budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+VENV_BIN = REPO / ".venv" / "bin"
+VENV_PYTHON = VENV_BIN / "python"
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+Row = dict[str, Any]
+
+
+def message(size: int = 2048, domain: str = "example.com") -> bytes:
+    """A plain 2 KB message with To/Cc/Bcc for `sendmail -t -i`, LF line endings as apps write."""
+    head = (
+        f"From: Bench <bench@{domain}>\n"
+        "To: Alice <alice@example.net>\n"
+        "Cc: bob@example.net\n"
+        "Bcc: carol@example.net\n"
+        "Subject: relay-agent benchmark message\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=us-ascii\n"
+        "\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\n"
+    body = b""
+    while len(head) + len(body) + len(line) <= size:
+        body += line
+    body += b"." * (size - len(head) - len(body) - 1) + b"\n"
+    return head + body
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def p90(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    return float(s[min(len(s) - 1, round(0.9 * (len(s) - 1)))])
+
+
+def row(
+    what: str,
+    value: float | str | None,
+    unit: str = "",
+    budget: str = "",
+    ok: bool | None = None,
+    note: str = "",
+) -> Row:
+    return {"what": what, "value": value, "unit": unit, "budget": budget, "ok": ok, "note": note}
+
+
+def fmt_value(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        out.append("| " + " | ".join(fmt_value(c) for c in r) + " |")
+    return "\n".join(out)
+
+
+def rows_table(rows: Sequence[Row]) -> str:
+    verdict = {True: "ok", False: "OVER BUDGET", None: ""}
+    return table(
+        ["figure", "value", "unit", "budget", "", "note"],
+        [[r["what"], r["value"], r["unit"], r["budget"], verdict[r["ok"]], r["note"]] for r in rows],
+    )
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1)
+        os.replace(tmp, path)
+
+
+def crlf(message: bytes) -> bytes:
+    return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def write_queue_files(
+    queue_dir: Path, count: int, message: bytes, recipient: str = "alice@example.net"
+) -> None:
+    """A benchmark fixture: `count` fresh queue files in the exact agent/envelope.py format.
+
+    Written directly and without fsync (Queue.enter fsyncs each file and the directory, which
+    takes minutes for 100,000); ids are made from consecutive microseconds so they are unique
+    and sort by arrival, as agent.queue.new_id's would.
+    """
+    import time
+
+    from agent import envelope as fmt
+    from agent.queue import Queue, new_id
+
+    q = Queue(str(queue_dir))
+    q.ensure_dirs()
+    body = crlf(message)
+    base = time.time() - count * 1e-6
+    for i in range(count):
+        now = base + i * 1e-6
+        data = fmt.encode(
+            fmt.Envelope(sender="bench@example.com", recipients=(recipient,), created=now), body
+        )
+        qid = new_id(now)
+        fd = os.open(os.path.join(q.msg, qid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    os.sync()  # one flush for the lot, so the daemon's start-up does not pay for writeback
+
+
+def brief(text: str) -> str:
+    """The telling line of a traceback or log: the last one naming an error, else the last one."""
+    lines = [ln.strip(" │╰╯─") for ln in text.splitlines() if ln.strip(" │╰╯─")]
+    errors = [ln for ln in lines if "rror" in ln or "xception" in ln]
+    return (errors or lines or ["(no output)"])[-1][:300]
