@@ -10,11 +10,17 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from agent import cli_credentials, cli_dkim, cli_dns, cli_install
 from agent import config as config_mod
 from agent.config_path import ENV_VAR
 from agent.errors import AgentError, ConfigError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Durable outbound mail agent.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # never print a local that might hold a secret
+    help="Durable outbound mail agent.",
+)
 queue_app = typer.Typer(no_args_is_help=True, help="Inspect and manage the mail queue.")
 config_app = typer.Typer(no_args_is_help=True, help="Validate and show the config.")
 app.add_typer(queue_app, name="queue")
@@ -217,35 +223,17 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
 
 
 @app.command()
-def demo() -> None:
+def demo(keep: Annotated[bool, typer.Option("--keep", help="keep the temp dir to look at")] = False) -> None:
     """Run the whole path locally: no account, no network."""
     from agent import demo as demo_mod
 
-    raise typer.Exit(demo_mod.main())
+    raise typer.Exit(demo_mod.main(keep=keep))
 
 
-def _attach_optional() -> None:
-    """Sub-apps written as their own modules."""
-    import importlib
-
-    for module, name in (
-        ("agent.cli_dkim", "dkim"),
-        ("agent.cli_dns", "dns"),
-        ("agent.cli_credentials", "credentials"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        app.add_typer(mod.app, name=name)
-    try:
-        inst = importlib.import_module("agent.cli_install")
-    except ImportError:
-        return
-    app.registered_commands += inst.app.registered_commands
-
-
-_attach_optional()
+app.add_typer(cli_dkim.app, name="dkim")
+app.add_typer(cli_dns.app, name="dns")
+app.add_typer(cli_credentials.app, name="credentials")
+app.registered_commands += cli_install.app.registered_commands
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from agent import credentials, pickup
 from agent.cleanup import Cleanup
 from agent.config import Config
 from agent.dkim_sign import Signer
-from agent.errors import AgentError, ConfigError
+from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
 from agent.queue import Queue
 from agent.scheduler import Counters, Scheduler
 from agent.server import Handler, factory
@@ -293,3 +293,6 @@ def main(config_path: str | None) -> int:
     except AgentError as exc:
         log.error("%s", exc.message)
         return exc.exit_code
+    except OSError as exc:  # e.g. the socket's directory cannot be made: one line, try again later
+        log.error("cannot start: %s", exc)
+        return EX_TEMPFAIL

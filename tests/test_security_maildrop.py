@@ -300,19 +300,6 @@ def test_200_garbage_files_do_not_stop_delivery(site: Site) -> None:
 # --- other users ---------------------------------------------------------------------
 
 
-def system_python_ok() -> bool:
-    try:
-        out = subprocess.run(
-            [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True
-        )
-    except OSError:
-        return False
-    return out.stdout.strip() == b"(3, 11)"
-
-
-needs_python = pytest.mark.skipif(not system_python_ok(), reason="needs Debian's /usr/bin/python3 (3.11)")
-
-
 def received_uid(data: bytes) -> bytes:
     for line in data.split(b"\r\n"):
         if line.startswith(b"Received: by") and b"relay-agent" in line:
@@ -320,7 +307,6 @@ def received_uid(data: bytes) -> bytes:
     raise AssertionError(data[:500])
 
 
-@needs_python
 def test_other_users_sendmail_via_maildrop_names_their_uid(site: Site) -> None:
     # sendmail falls back to the maildrop when it cannot reach the daemon: point it at no socket
     conf = site.root / "nobody.toml"
@@ -345,7 +331,6 @@ def test_other_users_sendmail_via_maildrop_names_their_uid(site: Site) -> None:
     assert_logged(site, "uid=65534 (maildrop)")
 
 
-@needs_python
 def test_claimed_uid_in_file_is_ignored(site: Site) -> None:
     """A file that says `uid 0` is still named after its real owner."""
     name = site.unique("claim")
@@ -370,7 +355,6 @@ def test_claimed_uid_in_file_is_ignored(site: Site) -> None:
     assert b"from userid 65534" in line and b"userid 0" not in line
 
 
-@needs_python
 def test_other_user_over_the_socket_is_named_by_peer_credentials(site: Site) -> None:
     rcpt = f"{site.unique('sock')}@example.net"
     code = (

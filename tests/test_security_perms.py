@@ -31,19 +31,6 @@ GROUP = "users"  # a group nobody is not in
 MSG = b"From: app@example.com\nTo: %s\nSubject: perms\n\nhello\n"
 
 
-def system_python_ok() -> bool:
-    try:
-        out = subprocess.run(
-            [SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True
-        )
-    except OSError:
-        return False
-    return out.stdout.strip() == b"(3, 11)"
-
-
-pytestmark = pytest.mark.skipif(not system_python_ok(), reason="needs Debian's /usr/bin/python3 (3.11)")
-
-
 def mode(p: Path) -> int:
     return stat.S_IMODE(p.lstat().st_mode)
 

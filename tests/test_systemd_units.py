@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -20,8 +19,6 @@ SYSUSERS = ROOT / "systemd" / "relay-agent.sysusers"
 TMPFILES = ROOT / "systemd" / "relay-agent.tmpfiles"
 VENV_BIN = str(ROOT / ".venv" / "bin")
 MAX_EXPOSURE = 2.0
-
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
 
 def unit_settings(text: str) -> dict[str, list[str]]:
