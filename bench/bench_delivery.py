@@ -45,15 +45,9 @@ def socket_message(i: int) -> bytes:
 def child_submit(sock: str, count: int, conns: int, per_conn: int) -> dict[str, Any]:
     """Submit `count` messages over the Unix socket from `conns` threads, `per_conn` per session."""
     import smtplib
-    import socket
     import threading
 
-    class UnixSMTP(smtplib.SMTP):
-        def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            s.connect(sock)
-            return s
+    from tests.support.agent_env import UnixSMTP
 
     todo = list(range(count))
     lock = threading.Lock()
@@ -67,8 +61,7 @@ def child_submit(sock: str, count: int, conns: int, per_conn: int) -> dict[str, 
                 sessions[0] += bool(batch)
             if not batch:
                 return
-            client = UnixSMTP(timeout=60)
-            client.connect("localhost", 0)
+            client = UnixSMTP(sock)
             client.ehlo("bench.localdomain")
             for i in batch:
                 try:

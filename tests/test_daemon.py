@@ -24,14 +24,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def agent(tmp_path: Path, relay_standin: RelayStandin):  # type: ignore[no-untyped-def]
-    env = AgentEnv(tmp_path, relay_standin)
-    yield env
-    if env.proc is not None:
-        env.stop()
-
-
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([RELAY_AGENT, *args], capture_output=True, text=True, env=env, timeout=60)
 

@@ -8,8 +8,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.support.agent_env import MAILQ, AgentEnv, UnixSMTP
 from tests.support.relay_standin import RelayStandin
 
@@ -18,14 +16,6 @@ MSG = b"From: app@example.com\nTo: %s\nSubject: test %d\n\nhello %d\n"
 
 def msg(to: str = "a@example.net", n: int = 0) -> bytes:
     return MSG % (to.encode(), n, n)
-
-
-@pytest.fixture
-def agent(tmp_path: Path, relay_standin: RelayStandin):  # type: ignore[no-untyped-def]
-    env = AgentEnv(tmp_path, relay_standin)
-    yield env
-    if env.proc is not None:
-        env.stop()
 
 
 def test_daemon_up_delivers_signed(agent: AgentEnv, relay_standin: RelayStandin) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent import envelope
-from tests.support.agent_env import AgentEnv
+from tests.support.agent_env import AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
 
@@ -77,16 +77,6 @@ def site() -> Iterator[Site]:
 def secret_fingerprint(site: Site) -> tuple[bytes, int, int, int, int]:
     st = site.secret.lstat()
     return site.secret.read_bytes(), st.st_mode, st.st_nlink, st.st_mtime_ns, st.st_size
-
-
-def wait_until(cond: object, timeout: float = 10.0) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def wait_handled(site: Site, name: str) -> None:

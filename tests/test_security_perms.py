@@ -14,13 +14,12 @@ import stat
 import subprocess
 import sysconfig
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent_env import AgentEnv
+from tests.support.agent_env import AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,16 +32,6 @@ MSG = b"From: app@example.com\nTo: %s\nSubject: perms\n\nhello\n"
 
 def mode(p: Path) -> int:
     return stat.S_IMODE(p.lstat().st_mode)
-
-
-def wait_until(cond: object, timeout: float = 15.0) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def as_other(code: str, *args: str, groups: str = "") -> subprocess.CompletedProcess[str]:
@@ -84,7 +73,7 @@ def test_queue_dirs_0700_files_0600_whatever_the_umask(tmp_path: Path, relay_sta
                 env.sendmail(["-i", f"s{i}@example.net"], MSG % f"s{i}@example.net".encode()).returncode == 0
             )
         state = env.queue_dir / "state"
-        wait_until(lambda: len(list(state.iterdir())) == 4)
+        wait_until(lambda: len(list(state.iterdir())) == 4, timeout=15.0)
         uid = os.geteuid()
         for d in [env.queue_dir, *(env.queue_dir / s for s in ("tmp", "msg", "state", "corrupt"))]:
             assert mode(d) == 0o700 and d.lstat().st_uid == uid, d
@@ -108,7 +97,7 @@ def test_status_json_is_0600_whatever_the_umask(tmp_path: Path, relay_standin: R
     try:
         env.start()
         status = env.queue_dir / "status.json"
-        wait_until(status.exists)
+        wait_until(status.exists, timeout=15.0)
         assert mode(status) == 0o600, oct(mode(status))
     finally:
         os.umask(old)
@@ -167,7 +156,7 @@ def test_nobody_cannot_open_queue_files(world: World) -> None:
         rcpt = b"held@example.net"
         assert world.agent.sendmail(["-i", rcpt.decode()], MSG % rcpt).returncode == 0
         msg_dir = world.agent.queue_dir / "msg"
-        wait_until(lambda: any(msg_dir.iterdir()))
+        wait_until(lambda: any(msg_dir.iterdir()), timeout=15.0)
         target = next(msg_dir.iterdir())
         code = (
             "import os, sys\n"

@@ -220,3 +220,14 @@ class UnixSMTP:
         client = _Client(timeout=30)
         client.connect("localhost", 0)
         return client
+
+
+def wait_until(cond: object, timeout: float = 10.0) -> None:
+    """Poll `cond()` until it is true; fail the test after `timeout` seconds."""
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
