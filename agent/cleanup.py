@@ -85,10 +85,20 @@ class Cleanup:
         body = self._sign(body)
         return qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body
 
-    def accept(self, sender: str, recipients: Sequence[str], message: bytes, **kw: object) -> str:
+    def accept(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        uid: int = -1,
+        dsn: tuple[tuple[str, str], ...] = (),
+        origin: str = "local",
+        qid: str = "",
+    ) -> str:
         """Prepare and durably enter a message; returns its queue id."""
         self.queue.check_space()
-        qid, env, body = self.prepare(sender, recipients, message, **kw)  # type: ignore[arg-type]
+        qid, env, body = self.prepare(sender, recipients, message, uid=uid, dsn=dsn, origin=origin, qid=qid)
         return self.queue.enter(env, body, qid)
 
     def _sign(self, message: bytes) -> bytes:

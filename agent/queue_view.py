@@ -85,18 +85,19 @@ def format_mailq(items: list[dict[str, Any]]) -> str:
     """Postfix's mailq layout, so check_mailq and friends can read it."""
     if not items:
         return "Mail queue is empty\n"
-    out = ["-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------"]
+    out = [f"{'-Queue ID-':<17} {'--Size--':>8} ----Arrival Time---- -Sender/Recipient-------"]
+    indent = " " * (17 + 1 + 8 + 1 + 20 + 1)  # recipients line up under the sender, as in Postfix
     total = 0
     for it in items:
         flag = {"hold": "!", "queued": "*" if not it["attempts"] else " "}.get(it["state"], " ")
         created = time.strptime(it["created"][:19], "%Y-%m-%dT%H:%M:%S")
         arrival = time.strftime("%a %b %d %H:%M:%S", created)
-        out.append(f"{it['id']}{flag} {it['size']:>8} {arrival} {it['sender'] or 'MAILER-DAEMON'}")
+        out.append(f"{it['id']}{flag} {it['size']:>8} {arrival:>20} {it['sender'] or 'MAILER-DAEMON'}")
         if it["last_error"]:
             out.append(f"({it['last_error'][:200]})")
         for r in it["recipients"]:
             if r["state"] == "pending" or it["state"] == "failed":
-                out.append(f"{'':42}{r['address']}")
+                out.append(indent + r["address"])
         out.append("")
         total += it["size"]
     n = len(items)

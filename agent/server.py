@@ -125,12 +125,11 @@ class Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         try:
-            resolved = self.cleanup().recipient(address)
+            self.cleanup().recipient(address)  # refuse unknown local names now, per recipient
         except AgentError as exc:
             return exc.smtp_reply()
-        envelope.rcpt_tos.append(address)
+        envelope.rcpt_tos.append(address)  # cleanup resolves aliases again at DATA (after a reload too)
         envelope.rcpt_options.append(" ".join(options))
-        del resolved
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
