@@ -229,3 +229,56 @@ def test_corrupt_queue_file_is_quarantined_and_daemon_runs(
     assert not bad.exists()
     assert [p.name[:16] for p in (agent.queue_dir / "corrupt").iterdir()] == ["0EA0000000000ABC"]
     assert "moved to corrupt/" in agent.log()
+
+
+def test_watchdog_pings(agent: AgentEnv, tmp_path: Path) -> None:
+    path = str(tmp_path / "wd.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        s.settimeout(10)
+        env = dict(agent.env, NOTIFY_SOCKET=path, WATCHDOG_USEC="200000")
+        proc = subprocess.Popen([RELAY_AGENT, "run"], env=env, stderr=subprocess.DEVNULL)
+        try:
+            seen = [s.recv(200) for _ in range(4)]
+        finally:
+            proc.terminate()
+            assert proc.wait(12) == 0
+    assert b"READY=1" in seen[0]
+    assert sum(b"WATCHDOG=1" in m for m in seen) >= 2  # every WATCHDOG_USEC / 2
+
+
+def test_dns_problems_are_logged_at_start_and_never_block_mail(
+    tmp_path: Path, relay_standin: RelayStandin
+) -> None:
+    from tests.support.dnsmasq import DnsServer
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with DnsServer({"example.com": ["v=spf1 include:elastx.email -all"]}) as dns:
+        env = AgentEnv(tmp_path / "a", relay_standin, extra={"dns": {"nameserver": dns.nameserver}})
+        env.start()
+        try:
+            assert env.sendmail(["-t", "-i"], MSG).returncode == 0
+            relay_standin.wait_for(1)
+            deadline = time.monotonic() + 15
+            while "dns: example.com dmarc FAIL" not in env.log() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            log = env.log()
+            assert "dns: example.com token FAIL" in log and "publish: example.com. IN TXT" in log
+            assert "dns: example.com dmarc FAIL" in log
+            assert "dns: example.com spf" not in log  # it passes: only failures are logged
+        finally:
+            env.stop()
+    # a nameserver that never answers: the daemon starts and delivers all the same
+    relay_standin.clear()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dead:
+        dead.bind(("127.0.0.1", 0))
+        env = AgentEnv(
+            tmp_path / "b", relay_standin, extra={"dns": {"nameserver": f"127.0.0.1:{dead.getsockname()[1]}"}}
+        )
+        env.start()
+        try:
+            assert env.sendmail(["-t", "-i"], MSG).returncode == 0
+            relay_standin.wait_for(1)
+        finally:
+            env.stop()
