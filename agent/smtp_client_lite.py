@@ -160,10 +160,12 @@ def _transaction(
     conn: Connection, helo: str, sender: str, rcpts: list[str], message: bytes, dsn: dict[str, str]
 ) -> None:
     try:
+        # our own daemon reads EHLO sent ahead of its greeting: one round trip less per message
+        conn.send(f"EHLO {helo or 'localhost'}\r\n".encode())
         greeting = conn.reply(CONNECT_TIMEOUT)
         if greeting.code != 220:
             raise Unavailable(f"daemon greeting: {greeting}")
-        ehlo = conn.command(f"EHLO {helo or 'localhost'}")
+        ehlo = conn.reply()
         if ehlo.code != 250:
             raise Unavailable(f"daemon EHLO reply: {ehlo}")
         ext = _extensions(ehlo)
