@@ -4,6 +4,10 @@ Contract (INTERFACE.md): only a 5xx reply to MAIL, RCPT or the final "." is perm
 that goes wrong with the connection itself (connect, TLS, EHLO, AUTH incl. 535, 421, timeouts, a
 dropped link) raises RelayError, and the caller treats every recipient without a result as
 temporary. TLS is always verified; credentials are never sent before TLS.
+
+When the relay offers PIPELINING (RFC 2920) a transaction costs two round trips instead of three
+plus one per recipient: MAIL, every RCPT and DATA go out in one write, then the body. aiosmtplib
+cannot read more than one pending reply, so after AUTH our own _Replies protocol reads them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -139,6 +145,109 @@ def dsn_rcpt_options(dsn: Mapping[str, str]) -> list[str]:
     return []
 
 
+_CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
+_MAX_REPLY = 32 * 1024  # a reply this long without its last line is not SMTP: give up
+
+
+def _command(*args: bytes) -> bytes:
+    for arg in args:
+        if _CONTROL_CHARS.search(arg):  # as aiosmtplib does: CR/LF in an address would inject commands
+            raise ValueError("Command arg contains a prohibited control character")
+    return b" ".join(args) + b"\r\n"
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: leading dots doubled, CRLF-terminated, then the lone "." line."""
+    body = message.replace(b"\r\n.", b"\r\n..")
+    if body.startswith(b"."):
+        body = b"." + body
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+class _Replies(asyncio.Protocol):
+    """Reads pipelined replies in order. Outside a transaction it hands incoming bytes to aiosmtplib's
+    protocol (for QUIT), which also always hears about EOF and a lost link, so is_connected stays accurate."""
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self._inner = inner
+        self._buf = bytearray()
+        self._replies: deque[SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: aiosmtplib.SMTPException | None = None
+        self.active = False
+
+    def start(self) -> None:
+        self._buf.clear()
+        self._replies.clear()
+        self.active = True
+
+    def data_received(self, data: bytes) -> None:
+        if not self.active:
+            self._inner.data_received(data)
+            return
+        self._buf += data
+        try:
+            self._parse()
+        except aiosmtplib.SMTPException as exc:
+            self._error = exc
+        self._wake()
+
+    def _parse(self) -> None:
+        start = 0
+        while (end := self._buf.find(b"\n", start)) != -1:
+            line = bytes(self._buf[start : end + 1])
+            if not line[:3].isdigit():
+                raise aiosmtplib.SMTPResponseException(-1, "malformed reply from relay")
+            start = end + 1
+            if line[3:4] != b"-":
+                self._replies.append(self._complete(start))
+                start = 0
+        if len(self._buf) > _MAX_REPLY:
+            raise aiosmtplib.SMTPResponseException(-1, "reply from relay too long")
+
+    def _complete(self, end: int) -> SMTPResponse:
+        lines = bytes(self._buf[:end]).split(b"\n")[:-1]
+        del self._buf[:end]
+        text = b"\n".join(line[4:].strip() for line in lines).decode("utf-8", "surrogateescape")
+        return SMTPResponse(int(lines[0][:3]), text)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        self._lost("Unexpected EOF received")
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost("Connection lost")
+        self._inner.connection_lost(exc)
+
+    def _lost(self, why: str) -> None:
+        self._error = self._error or aiosmtplib.SMTPServerDisconnected(why)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    async def read(self, timeout: float) -> SMTPResponse:
+        while not self._replies:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+
 class RelayConnection:
     def __init__(self, cfg: RelayConfig, password: str | None, helo_name: str) -> None:
         self._cfg = cfg
@@ -146,6 +255,7 @@ class RelayConnection:
         self._helo = helo_name or "localhost"
         self._smtp: aiosmtplib.SMTP | None = None
         self._usable = False
+        self._replies: _Replies | None = None  # set when the relay offers PIPELINING
         self._transports: list[asyncio.BaseTransport] = []
         self.relay = f"{cfg.host}:{cfg.port}"
         self.tls_version: str | None = None
@@ -232,6 +342,9 @@ class RelayConnection:
         if cfg.username:
             await self._auth()
             report("auth", cfg.username)
+        if smtp.supports_extension("pipelining") and smtp.protocol is not None and smtp.transport is not None:
+            self._replies = _Replies(smtp.protocol)
+            smtp.transport.set_protocol(self._replies)
         self._usable = True
 
     def _tls_version(self) -> str | None:
@@ -285,6 +398,11 @@ class RelayConnection:
         enc = "utf-8" if utf8 else "ascii"
         if before_mail is not None:
             await before_mail()
+        if self._replies is not None:
+            batch = [_command(b"MAIL", b"FROM:<" + sender.encode(enc) + b">", *mail_opts)]
+            batch += [_command(b"RCPT", b"TO:<" + r.encode(enc) + b">", *rcpt_opts) for r in recipients]
+            batch.append(b"DATA\r\n")
+            return await self._pipelined(self._replies, b"".join(batch), recipients, message)
         async with self._stage("mail"):
             resp = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode(enc) + b">", *mail_opts)
         if resp.code == 421:
@@ -342,12 +460,92 @@ class RelayConnection:
                 resp = await self._smtp.data(message, timeout=self._cfg.data_timeout)
             except aiosmtplib.SMTPDataError as exc:  # a reply, not a connection failure
                 resp = SMTPResponse(exc.code, exc.message)
-        reply = _reply(resp.code, resp.message)
+        return self._final(self._check_421("data", resp), accepted)
+
+    async def _pipelined(
+        self, replies: _Replies, batch: bytes, recipients: Sequence[str], message: bytes
+    ) -> TxResult:
+        """RFC 2920: batch is MAIL, every RCPT and DATA; the body follows only on 354."""
+        replies.start()
+        try:
+            mail, rcpts, data = await self._batch_replies(replies, batch, len(recipients))
+            if mail.code != 250:
+                outcome: Outcome = "perm" if mail.code >= 500 else "temp"
+                results = [RcptResult(r, outcome, _reply(mail.code, mail.message)) for r in recipients]
+                accepted: list[str] = []
+            else:
+                results, accepted = self._rcpt_results(recipients, rcpts)
+            if accepted and data.code == 354:
+                return self._result(results + await self._pipelined_body(replies, message, accepted))
+            if accepted:  # DATA refused: its reply decides for every accepted recipient
+                return self._result(results + self._final(data, accepted))
+            if data.code == 354 or mail.code == 250:
+                await self._abandon(replies, data.code == 354)
+            return self._result(results)
+        finally:
+            replies.active = False
+
+    async def _batch_replies(
+        self, replies: _Replies, batch: bytes, n_rcpts: int
+    ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse]:
+        """MAIL's, each RCPT's and DATA's reply; every one is read, even after a refusal, to stay in step."""
+        timeout = self._cfg.timeout
+        assert self._smtp is not None and self._smtp.protocol is not None
+        async with self._stage("mail"):
+            self._smtp.protocol.write(batch)
+            mail = self._check_421("mail", await replies.read(timeout))
+        rcpts = []
+        async with self._stage("rcpt"):
+            for _ in range(n_rcpts):
+                rcpts.append(self._check_421("rcpt", await replies.read(timeout)))
+        async with self._stage("data"):
+            data = self._check_421("data", await replies.read(timeout))
+        return mail, rcpts, data
+
+    def _check_421(self, stage: str, resp: SMTPResponse) -> SMTPResponse:
         if resp.code == 421:
-            raise self._error("data", reply)
-        if resp.code == 250:
-            return [RcptResult(r, "sent", reply) for r in accepted]
-        outcome: Outcome = "perm" if resp.code >= 500 else "temp"
+            raise self._error(stage, _reply(resp.code, resp.message))
+        return resp
+
+    @staticmethod
+    def _rcpt_results(
+        recipients: Sequence[str], replies: list[SMTPResponse]
+    ) -> tuple[list[RcptResult], list[str]]:
+        results: list[RcptResult] = []
+        accepted: list[str] = []
+        for rcpt, resp in zip(recipients, replies, strict=True):
+            if resp.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                outcome: Outcome = "perm" if resp.code >= 500 else "temp"
+                results.append(RcptResult(rcpt, outcome, _reply(resp.code, resp.message)))
+        return results, accepted
+
+    async def _pipelined_body(
+        self, replies: _Replies, message: bytes, accepted: list[str]
+    ) -> list[RcptResult]:
+        assert self._smtp is not None and self._smtp.protocol is not None
+        async with self._stage("data"):
+            self._smtp.protocol.write(dot_stuffed(message))
+            resp = self._check_421("data", await replies.read(self._cfg.data_timeout))
+        return self._final(resp, accepted)
+
+    async def _abandon(self, replies: _Replies, in_data: bool) -> None:
+        """No recipient was accepted: end a DATA the relay opened anyway (an empty message it must
+        refuse for lack of recipients), then RSET so the connection is ready for the next one."""
+        assert self._smtp is not None and self._smtp.protocol is not None
+        if in_data:
+            async with self._stage("data"):
+                self._smtp.protocol.write(b".\r\n")
+                self._check_421("data", await replies.read(self._cfg.data_timeout))
+        async with self._stage("rset"):
+            self._smtp.protocol.write(b"RSET\r\n")
+            self._check_421("rset", await replies.read(self._cfg.timeout))
+
+    @staticmethod
+    def _final(resp: SMTPResponse, accepted: list[str]) -> list[RcptResult]:
+        reply = _reply(resp.code, resp.message)
+        outcome: Outcome = "sent" if resp.code == 250 else "perm" if resp.code >= 500 else "temp"
         return [RcptResult(r, outcome, reply) for r in accepted]
 
     def _result(self, results: list[RcptResult]) -> TxResult:

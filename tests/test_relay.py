@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
+from aiosmtpd.smtp import Envelope, Session
 
 from agent.config import RelayConfig
-from agent.relay import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options, xtext
+from agent.relay import (
+    RcptResult,
+    RelayConnection,
+    RelayError,
+    TxResult,
+    _Replies,
+    dot_stuffed,
+    dsn_mail_options,
+    xtext,
+)
 from tests.support.relay_standin import DEFAULT_PASSWORD, DEFAULT_USER, RelayStandin
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,6 +44,13 @@ async def connect(relay: RelayStandin, password: str | None = None, **over: Any)
     conn = RelayConnection(relay_cfg(relay, **over), password or relay.password, "client.test")
     await conn.connect()
     return conn
+
+
+@pytest.fixture(params=[True, False], ids=["pipelined", "one-by-one"])
+def relay_standin(request: pytest.FixtureRequest) -> Iterator[RelayStandin]:
+    """Every transaction test runs against a relay with and without PIPELINING (two code paths)."""
+    with RelayStandin(pipelining=request.param) as relay:
+        yield relay
 
 
 @pytest.fixture
@@ -319,3 +338,180 @@ def test_standin_cli_prints_one_json_line_per_message(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+# ----- pipelining (RFC 2920) -----
+
+
+class TurnCounter:
+    """A TCP pump between client and relay counting the client's turns: runs of client-to-relay
+    bytes with relay-to-client bytes between them. Each round trip costs one turn."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.turns = 0
+        self._last = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        relay_r, relay_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_w, relay_w]
+        for args in ((client_r, relay_w, "client"), (relay_r, client_w, "relay")):
+            task = asyncio.create_task(self._pump(*args))
+            self._tasks.add(task)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, side: str) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if side == "client" and self._last != "client":
+                    self.turns += 1
+                self._last = side
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+
+@pytest.mark.parametrize(("pipelining", "turns"), [(True, 2), (False, 8)])
+async def test_pipelined_transaction_is_two_round_trips(
+    relay_standin_factory: Callable[..., RelayStandin], pipelining: bool, turns: int
+) -> None:
+    relay = relay_standin_factory(pipelining=pipelining)
+    proxy = TurnCounter(relay.port)
+    c = await connect(relay, port=await proxy.start())
+    try:
+        rcpts = [f"r{i}@example.net" for i in range(5)]
+        for _ in range(3):
+            proxy.turns = 0
+            tx = await c.send("a@example.com", rcpts, MSG)
+            assert outcomes(tx) == dict.fromkeys(rcpts, "sent")
+            # MAIL + 5 RCPT + DATA in one write, the body in a second; one by one: 1 + 5 + 1 + 1.
+            assert proxy.turns == turns
+        assert [m.rcpt_tos for m in relay.wait_for(3)] == [tuple(rcpts)] * 3
+        assert all(m.data == MSG for m in relay.messages)
+    finally:
+        await c.close()
+        await proxy.stop()
+
+
+class ThreeFiftyFourAnyway(RelayStandin):
+    """A relay that refuses every recipient yet answers DATA with 354 (some filters do)."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.rcpt_tos.append(address)  # so aiosmtpd opens DATA
+        return "550 5.1.1 refused after all"
+
+
+async def test_354_without_accepted_recipients_ends_an_empty_message_then_rset() -> None:
+    with ThreeFiftyFourAnyway() as relay:
+        c = await connect(relay)
+        try:
+            tx = await c.send("a@example.com", ["x@example.net", "y@example.net"], MSG)
+            assert outcomes(tx) == {"x@example.net": "perm", "y@example.net": "perm"}
+            assert tx.results[0].reply == "550 5.1.1 refused after all"
+            [empty] = relay.wait_for(1)
+            assert empty.data == b""  # none of the message went out, only the terminating "."
+            assert c.usable
+            tx = await c.send("a@example.com", ["z@example.net"], MSG)
+            assert outcomes(tx) == {"z@example.net": "perm"}
+            assert len(relay.wait_for(2)) == 2 and relay.connections == 1
+        finally:
+            await c.close()
+
+
+async def test_421_to_final_dot_is_connection_level(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.fail_next(421, "4.4.2 shutting down", stage="data")
+    with pytest.raises(RelayError) as err:
+        await conn.send("a@example.com", ["b@example.net", "c@example.net"], MSG)
+    assert err.value.stage == "data" and err.value.reply == "421 4.4.2 shutting down"
+    assert not conn.usable and relay_standin.messages == []
+
+
+async def test_drop_after_rcpt_raises(relay_standin: RelayStandin, conn: RelayConnection) -> None:
+    relay_standin.drop_next(stage="rcpt")
+    with pytest.raises(RelayError) as err:
+        await conn.send("a@example.com", ["b@example.net", "c@example.net"], MSG)
+    assert err.value.stage == "rcpt" and not conn.usable
+
+
+async def test_mail_refused_many_rcpts_then_next_transaction_is_clean(
+    relay_standin: RelayStandin, conn: RelayConnection
+) -> None:
+    relay_standin.fail_next(553, "5.7.1 sender not allowed", stage="mail")
+    rcpts = [f"r{i}@example.net" for i in range(4)]
+    tx = await conn.send("a@example.com", rcpts, MSG)
+    assert outcomes(tx) == dict.fromkeys(rcpts, "perm")
+    assert {r.reply for r in tx.results} == {"553 5.7.1 sender not allowed"}
+    tx = await conn.send("a@example.com", ["b@example.net"], MSG)
+    assert outcomes(tx) == {"b@example.net": "sent"}
+    [got] = relay_standin.wait_for(1)
+    assert got.rcpt_tos == ("b@example.net",)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b".starts with a dot\r\n..two\r\nend\r\n", b"Subject: x\r\n\r\nno final line break", b"x\r\n.\r\n"],
+)
+async def test_dot_stuffing_round_trips(
+    relay_standin: RelayStandin, conn: RelayConnection, message: bytes
+) -> None:
+    tx = await conn.send("a@example.com", ["b@example.net"], message)
+    assert outcomes(tx) == {"b@example.net": "sent"}
+    [got] = relay_standin.wait_for(1)
+    assert got.data == message if message.endswith(b"\r\n") else message + b"\r\n"
+
+
+def test_dot_stuffed_payload() -> None:
+    assert dot_stuffed(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
+    assert dot_stuffed(b"no end") == b"no end\r\n.\r\n"
+    assert dot_stuffed(b"") == b".\r\n"
+
+
+async def test_reply_parser_handles_any_split_and_multiline() -> None:
+    stream = b"250 2.1.0 Ok\r\n550-5.1.1 no such\r\n550 5.1.1 user\r\n354 go ahead\r\n"
+    for cut in range(1, len(stream)):
+        replies = _Replies(asyncio.Protocol())
+        replies.start()
+        replies.data_received(stream[:cut])
+        replies.data_received(stream[cut:])
+        got = [await replies.read(1) for _ in range(3)]
+        assert [(r.code, r.message) for r in got] == [
+            (250, "2.1.0 Ok"),
+            (550, "5.1.1 no such\n5.1.1 user"),
+            (354, "go ahead"),
+        ]
+
+
+async def test_reply_parser_errors() -> None:
+    replies = _Replies(asyncio.Protocol())
+    replies.start()
+    replies.data_received(b"250 Ok\r\nhello\r\n")
+    assert (await replies.read(1)).code == 250
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="malformed"):
+        await replies.read(1)
+    quiet = _Replies(asyncio.Protocol())
+    quiet.start()
+    with pytest.raises(TimeoutError):
+        await quiet.read(0.05)
+    quiet.connection_lost(None)
+    with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+        await quiet.read(1)

@@ -25,6 +25,8 @@ Construction options (keyword-only):
                  "wrong-name": from that CA but for "wrong.invalid".
     dsn          advertise DSN (default True); RET/ENVID on MAIL and NOTIFY/ORCPT on RCPT accepted.
     smtputf8     advertise SMTPUTF8 (default True).
+    pipelining   advertise PIPELINING (default True, as the real relay does); aiosmtpd reads
+                 commands line by line, so pipelined commands are answered in order either way.
     port         0 (default): any free port; down()/up() keep the same one.
     on_message   callback(Received), called in the stand-in's thread for each recorded message.
 
@@ -211,6 +213,7 @@ class RelayStandin:
         bad_cert: str | None = None,
         dsn: bool = True,
         smtputf8: bool = True,
+        pipelining: bool = True,
         port: int = 0,
         on_message: Callable[[Received], None] | None = None,
     ) -> None:
@@ -219,6 +222,7 @@ class RelayStandin:
         self.tls_implicit = tls_implicit
         self.dsn = dsn
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
         self.port = port
         self.on_message = on_message
         pki = _Pki.get()
@@ -457,6 +461,8 @@ class RelayStandin:
             return [override]
         if self.dsn:
             responses.insert(-1, "250-DSN")
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
