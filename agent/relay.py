@@ -7,7 +7,7 @@ temporary. TLS is always verified; credentials are never sent before TLS.
 
 When the relay offers PIPELINING (RFC 2920) a transaction costs two round trips instead of three
 plus one per recipient: MAIL, every RCPT and DATA go out in one write, then the body. aiosmtplib
-cannot read more than one pending reply, so after AUTH our own _Replies protocol reads them.
+cannot read more than one pending reply, so after AUTH our own Replies protocol reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import functools
 import os
 import re
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +27,8 @@ from aiosmtplib.response import SMTPResponse
 
 from agent.config import RelayConfig
 from agent.errors import TempError
+from agent.smtp_client_lite import dot_stuff, xtext
+from agent.smtp_pipeline import Replies
 
 Outcome = Literal["sent", "temp", "perm"]
 Progress = Callable[[str, str], None]
@@ -117,15 +118,6 @@ def _describe(exc: BaseException) -> str:
     return _one_line(str(exc)) or type(exc).__name__
 
 
-def xtext(value: str) -> str:
-    """RFC 3461 xtext, for ENVID."""
-    out = []
-    for ch in value:
-        o = ord(ch)
-        out.append(ch if 33 <= o <= 126 and ch not in "+=" else "".join(f"+{b:02X}" for b in ch.encode()))
-    return "".join(out)
-
-
 def dsn_mail_options(dsn: Mapping[str, str]) -> list[str]:
     """RET/ENVID for MAIL; invalid values are dropped so a typo can never earn a permanent 501."""
     opts = []
@@ -146,7 +138,6 @@ def dsn_rcpt_options(dsn: Mapping[str, str]) -> list[str]:
 
 
 _CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
-_MAX_REPLY = 32 * 1024  # a reply this long without its last line is not SMTP: give up
 
 
 def _command(*args: bytes) -> bytes:
@@ -156,98 +147,6 @@ def _command(*args: bytes) -> bytes:
     return b" ".join(args) + b"\r\n"
 
 
-def dot_stuffed(message: bytes) -> bytes:
-    """The DATA payload: leading dots doubled, CRLF-terminated, then the lone "." line."""
-    body = message.replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
-
-
-class _Replies(asyncio.Protocol):
-    """Reads pipelined replies in order. Outside a transaction it hands incoming bytes to aiosmtplib's
-    protocol (for QUIT), which also always hears about EOF and a lost link, so is_connected stays accurate."""
-
-    def __init__(self, inner: asyncio.Protocol) -> None:
-        self._inner = inner
-        self._buf = bytearray()
-        self._replies: deque[SMTPResponse] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: aiosmtplib.SMTPException | None = None
-        self.active = False
-
-    def start(self) -> None:
-        self._buf.clear()
-        self._replies.clear()
-        self.active = True
-
-    def data_received(self, data: bytes) -> None:
-        if not self.active:
-            self._inner.data_received(data)
-            return
-        self._buf += data
-        try:
-            self._parse()
-        except aiosmtplib.SMTPException as exc:
-            self._error = exc
-        self._wake()
-
-    def _parse(self) -> None:
-        start = 0
-        while (end := self._buf.find(b"\n", start)) != -1:
-            line = bytes(self._buf[start : end + 1])
-            if not line[:3].isdigit():
-                raise aiosmtplib.SMTPResponseException(-1, "malformed reply from relay")
-            start = end + 1
-            if line[3:4] != b"-":
-                self._replies.append(self._complete(start))
-                start = 0
-        if len(self._buf) > _MAX_REPLY:
-            raise aiosmtplib.SMTPResponseException(-1, "reply from relay too long")
-
-    def _complete(self, end: int) -> SMTPResponse:
-        lines = bytes(self._buf[:end]).split(b"\n")[:-1]
-        del self._buf[:end]
-        text = b"\n".join(line[4:].strip() for line in lines).decode("utf-8", "surrogateescape")
-        return SMTPResponse(int(lines[0][:3]), text)
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def eof_received(self) -> bool | None:
-        self._lost("Unexpected EOF received")
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost("Connection lost")
-        self._inner.connection_lost(exc)
-
-    def _lost(self, why: str) -> None:
-        self._error = self._error or aiosmtplib.SMTPServerDisconnected(why)
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    async def read(self, timeout: float) -> SMTPResponse:
-        while not self._replies:
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            finally:
-                self._waiter = None
-        return self._replies.popleft()
-
-
 class RelayConnection:
     def __init__(self, cfg: RelayConfig, password: str | None, helo_name: str) -> None:
         self._cfg = cfg
@@ -255,7 +154,7 @@ class RelayConnection:
         self._helo = helo_name or "localhost"
         self._smtp: aiosmtplib.SMTP | None = None
         self._usable = False
-        self._replies: _Replies | None = None  # set when the relay offers PIPELINING
+        self._replies: Replies | None = None  # set when the relay offers PIPELINING
         self._transports: list[asyncio.BaseTransport] = []
         self.relay = f"{cfg.host}:{cfg.port}"
         self.tls_version: str | None = None
@@ -343,7 +242,7 @@ class RelayConnection:
             await self._auth()
             report("auth", cfg.username)
         if smtp.supports_extension("pipelining") and smtp.protocol is not None and smtp.transport is not None:
-            self._replies = _Replies(smtp.protocol)
+            self._replies = Replies(smtp.protocol)
             smtp.transport.set_protocol(self._replies)
         self._usable = True
 
@@ -463,7 +362,7 @@ class RelayConnection:
         return self._final(self._check_421("data", resp), accepted)
 
     async def _pipelined(
-        self, replies: _Replies, batch: bytes, recipients: Sequence[str], message: bytes
+        self, replies: Replies, batch: bytes, recipients: Sequence[str], message: bytes
     ) -> TxResult:
         """RFC 2920: batch is MAIL, every RCPT and DATA; the body follows only on 354."""
         replies.start()
@@ -486,7 +385,7 @@ class RelayConnection:
             replies.active = False
 
     async def _batch_replies(
-        self, replies: _Replies, batch: bytes, n_rcpts: int
+        self, replies: Replies, batch: bytes, n_rcpts: int
     ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse]:
         """MAIL's, each RCPT's and DATA's reply; every one is read, even after a refusal, to stay in step."""
         timeout = self._cfg.timeout
@@ -522,15 +421,15 @@ class RelayConnection:
         return results, accepted
 
     async def _pipelined_body(
-        self, replies: _Replies, message: bytes, accepted: list[str]
+        self, replies: Replies, message: bytes, accepted: list[str]
     ) -> list[RcptResult]:
         assert self._smtp is not None and self._smtp.protocol is not None
         async with self._stage("data"):
-            self._smtp.protocol.write(dot_stuffed(message))
+            self._smtp.protocol.write(dot_stuff(message))
             resp = self._check_421("data", await replies.read(self._cfg.data_timeout))
         return self._final(resp, accepted)
 
-    async def _abandon(self, replies: _Replies, in_data: bool) -> None:
+    async def _abandon(self, replies: Replies, in_data: bool) -> None:
         """No recipient was accepted: end a DATA the relay opened anyway (an empty message it must
         refuse for lack of recipients), then RSET so the connection is ready for the next one."""
         assert self._smtp is not None and self._smtp.protocol is not None

@@ -128,8 +128,10 @@ def dot_stuff(message: bytes) -> bytes:
 
 
 def xtext(value: str) -> str:
-    """RFC 3461 xtext for ENVID."""
-    return "".join(c if "!" <= c <= "~" and c not in "+=" else f"+{ord(c):02X}" for c in value)
+    """RFC 3461 xtext (for ENVID): octets outside "!".."~", and "+" and "=", as +XX."""
+    return "".join(
+        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode()) for c in value
+    )
 
 
 def _extensions(reply: Reply) -> set[str]:

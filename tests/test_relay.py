@@ -17,16 +17,9 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from agent.config import RelayConfig
-from agent.relay import (
-    RcptResult,
-    RelayConnection,
-    RelayError,
-    TxResult,
-    _Replies,
-    dot_stuffed,
-    dsn_mail_options,
-    xtext,
-)
+from agent.relay import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options
+from agent.smtp_client_lite import dot_stuff, xtext
+from agent.smtp_pipeline import Replies
 from tests.support.relay_standin import DEFAULT_PASSWORD, DEFAULT_USER, RelayStandin
 
 pytestmark = pytest.mark.timeout(60)
@@ -480,16 +473,16 @@ async def test_dot_stuffing_round_trips(
     assert got.data == message if message.endswith(b"\r\n") else message + b"\r\n"
 
 
-def test_dot_stuffed_payload() -> None:
-    assert dot_stuffed(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
-    assert dot_stuffed(b"no end") == b"no end\r\n.\r\n"
-    assert dot_stuffed(b"") == b".\r\n"
+def test_dot_stuff_payload() -> None:
+    assert dot_stuff(b".a\r\nb\r\n.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
+    assert dot_stuff(b"no end") == b"no end\r\n.\r\n"
+    assert dot_stuff(b"") == b".\r\n"
 
 
 async def test_reply_parser_handles_any_split_and_multiline() -> None:
     stream = b"250 2.1.0 Ok\r\n550-5.1.1 no such\r\n550 5.1.1 user\r\n354 go ahead\r\n"
     for cut in range(1, len(stream)):
-        replies = _Replies(asyncio.Protocol())
+        replies = Replies(asyncio.Protocol())
         replies.start()
         replies.data_received(stream[:cut])
         replies.data_received(stream[cut:])
@@ -502,13 +495,13 @@ async def test_reply_parser_handles_any_split_and_multiline() -> None:
 
 
 async def test_reply_parser_errors() -> None:
-    replies = _Replies(asyncio.Protocol())
+    replies = Replies(asyncio.Protocol())
     replies.start()
     replies.data_received(b"250 Ok\r\nhello\r\n")
     assert (await replies.read(1)).code == 250
     with pytest.raises(aiosmtplib.SMTPResponseException, match="malformed"):
         await replies.read(1)
-    quiet = _Replies(asyncio.Protocol())
+    quiet = Replies(asyncio.Protocol())
     quiet.start()
     with pytest.raises(TimeoutError):
         await quiet.read(0.05)
