@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent import digest, install
+from tests.support.agent_env import traversable_tmp
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -31,10 +30,8 @@ def cli(
 @pytest.fixture
 def open_tmp() -> Iterator[Path]:
     """A temp dir other users can traverse (pytest's own are 0700): for the nobody test."""
-    path = Path(tempfile.mkdtemp(prefix="relay-agent-install-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+    with traversable_tmp("relay-agent-install-") as path:
+        yield path
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ maildrop may have been read or changed.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent import envelope
-from tests.support.agent_env import AgentEnv, wait_until
+from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
 
@@ -56,22 +54,18 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    root = Path(tempfile.mkdtemp(prefix="relay-agent-sec-"))
-    root.chmod(0o755)  # pytest's tmp dirs are 0700: `nobody` could not reach the maildrop
-    relay = RelayStandin()
-    relay.start()
-    agent = AgentEnv(root, relay, extra={"limits": {"max_message_size": MAX_SIZE}})
-    s = Site(root, relay, agent)
-    s.secret.parent.mkdir(mode=0o700)
-    s.secret.write_bytes(b"root only: " + MARKER + b"\n")
-    s.secret.chmod(0o600)
-    agent.start()
-    try:
-        yield s
-    finally:
-        agent.stop()
-        relay.stop()
-        shutil.rmtree(root)
+    # `nobody` must reach the maildrop: not under pytest's 0700 tmp dirs
+    with traversable_tmp("relay-agent-sec-") as root, RelayStandin() as relay:
+        agent = AgentEnv(root, relay, extra={"limits": {"max_message_size": MAX_SIZE}})
+        s = Site(root, relay, agent)
+        s.secret.parent.mkdir(mode=0o700)
+        s.secret.write_bytes(b"root only: " + MARKER + b"\n")
+        s.secret.chmod(0o600)
+        agent.start()
+        try:
+            yield s
+        finally:
+            agent.stop()
 
 
 def secret_fingerprint(site: Site) -> tuple[bytes, int, int, int, int]:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import grp
 import os
-import shutil
 import stat
 import subprocess
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent_env import AgentEnv, wait_until
+from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,19 +113,15 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    root = Path(tempfile.mkdtemp(prefix="relay-agent-perms-"))
-    root.chmod(0o755)  # pytest's tmp dirs are 0700: nobody must at least reach the socket
-    relay = RelayStandin()
-    relay.start()
-    agent = AgentEnv(root, relay, extra={"listen": {"socket_mode": "0660", "socket_group": GROUP}})
-    agent.config.chmod(0o644)
-    agent.start()
-    try:
-        yield World(root, agent)
-    finally:
-        agent.stop()
-        relay.stop()
-        shutil.rmtree(root)
+    # nobody must at least reach the socket: not under pytest's 0700 tmp dirs
+    with traversable_tmp("relay-agent-perms-") as root, RelayStandin() as relay:
+        agent = AgentEnv(root, relay, extra={"listen": {"socket_mode": "0660", "socket_group": GROUP}})
+        agent.config.chmod(0o644)
+        agent.start()
+        try:
+            yield World(root, agent)
+        finally:
+            agent.stop()
 
 
 CONNECT = (

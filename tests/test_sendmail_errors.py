@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from aiosmtpd.smtp import SMTP
 
 from agent import envelope, smtp_client_lite
 from agent.errors import UnknownRecipientError
+from tests.support.agent_env import traversable_tmp
 from tests.test_sendmail_callers import CONFIG, VENV_BIN, Env, make_env, write_stub
 
 REPO = Path(__file__).parents[1]
@@ -111,10 +111,8 @@ def test_flush_without_daemon(stub_env: Env) -> None:
 
 @pytest.fixture
 def world_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="sm-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
+    with traversable_tmp("sm-") as d:
+        yield d
 
 
 def world_config(d: Path) -> None:

@@ -10,14 +10,17 @@ maildrop and socket paths, plus helpers to run the real daemon and the real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +234,14 @@ def wait_until(cond: object, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@contextlib.contextmanager
+def traversable_tmp(prefix: str) -> Iterator[Path]:
+    """A temp dir other users can reach (pytest's own are 0700): for tests run as `nobody`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
