@@ -181,3 +181,73 @@ def test_sighup_reloads_aliases(agent: AgentEnv, relay_standin: RelayStandin) ->
     with UnixSMTP(str(agent.socket)) as smtp:
         smtp.sendmail("app@example.com", ["newname"], msg("x"))
     assert list(relay_standin.wait_for(1)[0].rcpt_tos) == ["new@example.net"]
+
+
+def test_notify_never_suppresses_the_bounce_and_failed_mail_expires(
+    tmp_path: Path, relay_standin: RelayStandin
+) -> None:
+    relay_standin.reject_rcpt("gone@example.net", 550, "5.1.1 no such user")
+    env = AgentEnv(tmp_path, relay_standin, extra={"queue": {"failed_keep": 2}})
+    env.start()
+    try:
+        m = b"From: app@example.com\nTo: gone@example.net\nSubject: s\n\nbody\n"
+        assert (
+            env.sendmail(["-i", "-f", "app@example.com", "-N", "never", "gone@example.net"], m).returncode
+            == 0
+        )
+        deadline = time.monotonic() + 10
+        while "status=bounced" not in env.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listed = env.queue_json()
+        assert [x["state"] for x in listed] == ["failed"]
+        assert listed[0]["recipients"][0]["last_error"] == "550 5.1.1 no such user"
+        time.sleep(3.5)  # failed_keep = 2 s
+        assert env.queue_json() == []
+        assert relay_standin.messages == []  # -N never: no DSN, and nothing else went out
+        assert "bounces disabled for this message" in env.log()
+    finally:
+        env.stop()
+
+
+def test_a_refused_bounce_stays_failed_and_is_never_bounced(
+    tmp_path: Path, relay_standin: RelayStandin
+) -> None:
+    relay_standin.reject_rcpt("gone@example.net", 550, "5.1.1 no such user")
+    relay_standin.reject_rcpt("app@example.com", 550, "5.1.1 sender mailbox gone too")
+    env = AgentEnv(tmp_path, relay_standin)
+    env.start()
+    try:
+        m = b"From: app@example.com\nTo: gone@example.net\nSubject: s\n\nbody\n"
+        assert env.sendmail(["-i", "-f", "app@example.com", "gone@example.net"], m).returncode == 0
+        deadline = time.monotonic() + 10
+        listed: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            listed = env.queue_json()
+            if len(listed) == 2 and all(x["state"] == "failed" for x in listed):
+                break
+            time.sleep(0.1)
+        senders = sorted(str(x["sender"]) for x in listed)
+        assert senders == ["", "app@example.com"], listed  # the message and its refused bounce
+        time.sleep(1.0)
+        assert len(env.queue_json()) == 2  # no bounce of the bounce
+        assert "not bouncing: null sender" in env.log()
+    finally:
+        env.stop()
+
+
+def test_queue_full_is_452_over_smtp(tmp_path: Path, relay_standin: RelayStandin) -> None:
+    env = AgentEnv(tmp_path, relay_standin, extra={"queue": {"min_free": 1 << 62}})
+    env.start()
+    try:
+        with UnixSMTP(str(env.socket)) as smtp:
+            smtp.ehlo()
+            smtp.mail("app@example.com")
+            smtp.rcpt("a@example.net")
+            code, reply = smtp.data(b"From: app@example.com\r\nSubject: s\r\n\r\nbody\r\n")
+            assert code == 452 and b"space" in reply
+        r = env.sendmail(["-i", "a@example.net"], b"From: app@example.com\n\nbody\n")
+        assert r.returncode == 75 and len(r.stderr.splitlines()) == 1
+        assert not any((env.queue_dir / "msg").iterdir())
+        assert not [n for n in os.listdir(env.maildrop) if not n.startswith(".")]  # 75: the caller retries
+    finally:
+        env.stop()
