@@ -4,7 +4,7 @@
 to take; `execute()` prints each step and runs it (or, with dry_run, only prints).
 A dry run therefore shows exactly what a real run would do.
 
-Files another MTA owns (/usr/sbin/sendmail, /usr/bin/mailq, /usr/lib/sendmail) are
+Files another MTA owns (/usr/sbin/sendmail, /usr/bin/mailq, /usr/lib/sendmail, newaliases) are
 put aside, never overwritten: with dpkg by a local `dpkg-divert --rename` (dpkg then
 keeps the other MTA's package updates away from our links), otherwise renamed to
 `<path>.relay-agent-orig` and recorded in the manifest, so uninstall puts them back.
@@ -52,6 +52,7 @@ LINKS = (
     ("/usr/sbin/sendmail", "sendmail"),
     ("/usr/bin/mailq", "mailq"),
     ("/usr/lib/sendmail", "sendmail"),
+    ("/usr/bin/newaliases", "sendmail"),  # sendmail run as newaliases is `sendmail -bi`: a no-op
 )
 
 

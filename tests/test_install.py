@@ -116,6 +116,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
         ("usr/sbin/sendmail", "sendmail"),
         ("usr/bin/mailq", "mailq"),
         ("usr/lib/sendmail", "sendmail"),
+        ("usr/bin/newaliases", "sendmail"),
     ):
         assert (target / link).resolve() == target / "usr/lib/relay-agent" / stub
     for stub in ("sendmail", "mailq"):
@@ -148,6 +149,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
     for gone in (
         "usr/bin/mailq",
         "usr/lib/sendmail",
+        "usr/bin/newaliases",
         "usr/lib/relay-agent",
         "usr/sbin/sendmail.relay-agent-orig",
     ):
