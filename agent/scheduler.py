@@ -25,6 +25,7 @@ from agent.relay import RcptResult, RelayConnection, RelayError
 log = logging.getLogger("relay-agent")
 
 CONNECT_BACKOFF_MAX = 30.0
+DRAIN_SECONDS = 6.0  # within the daemon's 8 s, within systemd's 10 s
 ID_MASK = (1 << 64) - 1
 
 
@@ -68,6 +69,7 @@ class Scheduler:
         self.inflight: set[str] = set()
         self.wake = asyncio.Event()
         self.stopping = False
+        self.busy = 0  # workers inside a delivery
         self.work: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.limits.connections * 2)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -150,6 +152,11 @@ class Scheduler:
                 except TimeoutError:
                     pass
         finally:
+            # SIGTERM: transactions in flight finish and get recorded (a cancelled one would be
+            # sent again after restart); what waits in the work queue simply stays on disk
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while self.busy and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -161,16 +168,19 @@ class Scheduler:
     async def _worker(self, n: int) -> None:
         conn: RelayConnection | None = None
         try:
-            while True:
+            while not self.stopping:
                 qid = await self.work.get()
+                self.busy += 1
                 try:
-                    conn = await self._deliver(qid, conn)
+                    if not self.stopping:
+                        conn = await self._deliver(qid, conn)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("%s: unexpected error during delivery; will retry", qid)
                     self._requeue(qid, time.time() + self.cfg.queue.retry_initial)
                 finally:
+                    self.busy -= 1
                     self.inflight.discard(qid)
         finally:
             if conn is not None:

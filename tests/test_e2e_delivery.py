@@ -252,3 +252,26 @@ def test_queue_full_is_452_over_smtp(tmp_path: Path, relay_standin: RelayStandin
         assert not [n for n in os.listdir(env.maildrop) if not n.startswith(".")]  # 75: the caller retries
     finally:
         env.stop()
+
+
+def test_sigterm_lets_the_transaction_in_flight_finish(agent: AgentEnv, relay_standin: RelayStandin) -> None:
+    relay_standin.stall_next(1.5, stage="data")  # the relay is slow to answer the final "."
+    agent.start()
+    assert (
+        agent.sendmail(
+            ["-i", "-f", "app@example.com", "slow@example.net"], msg("slow@example.net")
+        ).returncode
+        == 0
+    )
+    deadline = time.monotonic() + 10
+    while not relay_standin.mail_from_times and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside DATA now
+    t0 = time.monotonic()
+    assert agent.stop() == 0
+    assert time.monotonic() - t0 < 10
+    assert len(relay_standin.messages) == 1
+    assert agent.queue_json() == []  # the 250 was recorded before exit: nothing to send again
+    agent.start()
+    time.sleep(1.0)
+    assert len(relay_standin.messages) == 1
