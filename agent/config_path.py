@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posix  # not os: `import os` costs ~2 ms of the sendmail fast path (see sendmail.py)
 
 from agent.errors import ConfigError
 
@@ -10,14 +10,23 @@ DEFAULT_PATH = "/etc/relay-agent/config.toml"
 ENV_VAR = "RELAY_AGENT_CONFIG"
 
 
+def is_file(path: str) -> bool:
+    """os.path.isfile without importing os."""
+    try:
+        return (posix.stat(path).st_mode & 0o170000) == 0o100000
+    except (OSError, ValueError):
+        return False
+
+
 def find_path(cli_path: str | None = None) -> str:
     """--config / -C, then $RELAY_AGENT_CONFIG, then the default.
 
     A path named explicitly that does not exist is an error, never a fallback.
     """
-    for origin, candidate in (("--config", cli_path), (ENV_VAR, os.environ.get(ENV_VAR))):
+    from_env = posix.environ.get(ENV_VAR.encode())
+    for origin, candidate in (("--config", cli_path), (ENV_VAR, from_env.decode() if from_env else None)):
         if candidate:
-            if not os.path.isfile(candidate):
+            if not is_file(candidate):
                 raise ConfigError(f"config file {candidate} (from {origin}) does not exist")
             return candidate
     return DEFAULT_PATH

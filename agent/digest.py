@@ -10,10 +10,12 @@ caller then parses the TOML and tries to write a fresh one.
 from __future__ import annotations
 
 import marshal
-import os
+import posix  # not os on the fast path (load); build/write run on the slow path
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms
 if TYPE_CHECKING:
+    from os import stat_result
+
     from agent.config import Config
 
 VERSION = 1
@@ -25,10 +27,10 @@ def path_for(config_path: str) -> str:
     return f"{head}/.{base}.digest" if head or config_path.startswith("/") else f".{base}.digest"
 
 
-def build(cfg: Config, st: os.stat_result | None = None) -> dict[str, object]:
+def build(cfg: Config, st: stat_result | None = None) -> dict[str, object]:
     """The digest of `cfg`; `st` is the config file's stat taken before it was read."""
     if st is None and cfg.path:
-        st = os.stat(cfg.path)
+        st = posix.stat(cfg.path)
     return {
         "version": VERSION,
         "maildrop": cfg.queue.maildrop,
@@ -47,11 +49,13 @@ def build(cfg: Config, st: os.stat_result | None = None) -> dict[str, object]:
     }
 
 
-def write(cfg: Config, st: os.stat_result | None = None) -> bool:
+def write(cfg: Config, st: stat_result | None = None) -> bool:
     """Atomically store the digest beside cfg.path (mode 0644); False if that is not possible.
 
     Never an error: a missing digest only makes sendmail slower.
     """
+    import os  # the slow path: the TOML was parsed, os is loaded already
+
     if not cfg.path:
         return False
     target = path_for(cfg.path)
@@ -78,21 +82,21 @@ def write(cfg: Config, st: os.stat_result | None = None) -> bool:
 def load(config_path: str) -> dict[str, object] | None:
     """The digest for config_path if it is fresh and trustworthy, else None."""
     try:
-        cst = os.stat(config_path)
-        fd = os.open(path_for(config_path), os.O_RDONLY | os.O_NOFOLLOW)
+        cst = posix.stat(config_path)
+        fd = posix.open(path_for(config_path), posix.O_RDONLY | posix.O_NOFOLLOW)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
+        st = posix.fstat(fd)
         if (st.st_mode & 0o170000) != 0o100000 or st.st_size > MAX_SIZE:
             return None
         if st.st_uid not in (0, cst.st_uid) or st.st_mode & 0o022:
             return None  # someone else could have planted it
-        data = os.read(fd, MAX_SIZE + 1)
+        data = posix.read(fd, MAX_SIZE + 1)
     except OSError:
         return None
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
         digest = marshal.loads(data)
     except (EOFError, ValueError, TypeError):

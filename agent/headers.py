@@ -6,7 +6,7 @@ messages; fields it adds use the message's own line ending.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see config_path
 import time
 
 from agent.addressing import parse_address_list
@@ -108,7 +108,7 @@ def format_date(now: float) -> str:
 
 def make_message_id(hostname: str, now: float) -> str:
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-    return f"<{stamp}.{os.urandom(8).hex()}@{hostname or 'localhost'}>"
+    return f"<{stamp}.{posix.urandom(8).hex()}@{hostname or 'localhost'}>"
 
 
 def display_name(name: str) -> str:

@@ -8,7 +8,7 @@ are random and files are created with O_EXCL|O_NOFOLLOW.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see config_path
 import time
 
 from agent.errors import NoSpaceError, TempError
@@ -16,16 +16,34 @@ from agent.errors import NoSpaceError, TempError
 MAILDROP_MODE = 0o1733
 
 
+def _is_dir(path: str) -> bool:
+    try:
+        return (posix.stat(path).st_mode & 0o170000) == 0o040000
+    except OSError:
+        return False
+
+
+def _make_parents(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) without importing os."""
+    if not path or _is_dir(path):
+        return
+    _make_parents(path.rpartition("/")[0])
+    try:
+        posix.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+
+
 def ensure_dir(maildrop: str) -> None:
     """Create the maildrop when root (install/daemon normally do); others cannot."""
-    if os.path.isdir(maildrop):
+    if _is_dir(maildrop):
         return
-    if os.geteuid() != 0:
+    if posix.geteuid() != 0:
         raise TempError(f"maildrop {maildrop} does not exist (is relay-agent installed?)")
     try:
-        os.makedirs(os.path.dirname(maildrop) or "/", exist_ok=True)
-        os.mkdir(maildrop, MAILDROP_MODE)
-        os.chmod(maildrop, MAILDROP_MODE)  # mkdir's mode is cut by the umask
+        _make_parents(maildrop.rpartition("/")[0])
+        posix.mkdir(maildrop, MAILDROP_MODE)
+        posix.chmod(maildrop, MAILDROP_MODE)  # mkdir's mode is cut by the umask
     except FileExistsError:
         pass
     except OSError as exc:
@@ -34,7 +52,7 @@ def ensure_dir(maildrop: str) -> None:
 
 def check_space(maildrop: str, min_free: int) -> None:
     try:
-        st = os.statvfs(maildrop)
+        st = posix.statvfs(maildrop)
     except OSError as exc:
         raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
     if st.f_bavail * st.f_frsize < min_free:
@@ -55,23 +73,23 @@ def write(
 
     ensure_dir(maildrop)
     check_space(maildrop, min_free)
-    data = encode(Envelope(sender, tuple(recipients), time.time(), dsn, os.getuid()), message)
-    name = os.urandom(16).hex()
+    data = encode(Envelope(sender, tuple(recipients), time.time(), dsn, posix.getuid()), message)
+    name = posix.urandom(16).hex()
     tmp = f"{maildrop}/.t{name}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
     try:
         try:
-            os.fchmod(fd, 0o644)  # the daemon (another user) must read it whatever our umask
+            posix.fchmod(fd, 0o644)  # the daemon (another user) must read it whatever our umask
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[posix.write(fd, view) :]
+            posix.fsync(fd)
         finally:
-            os.close(fd)
-        os.rename(tmp, f"{maildrop}/{name}")
+            posix.close(fd)
+        posix.rename(tmp, f"{maildrop}/{name}")
         _fsync_dir(maildrop)
     except OSError as exc:
         _unlink_quietly(tmp)
@@ -83,20 +101,20 @@ def write(
 
 def _fsync_dir(path: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY)
     except OSError:
         # a 1733 maildrop is not readable by other users, so they cannot open it to
         # fsync the rename; sync(2) is slower but still makes the rename durable
-        os.sync()
+        posix.sync()
         return
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except OSError:
         pass

@@ -8,7 +8,7 @@ marshal file (agent.digest); TOML is parsed only when that is stale.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see config_path
 import pwd
 import sys
 import time
@@ -55,7 +55,7 @@ class Runtime:
         raw_domains = d["dkim_domains"]
         self.dkim_domains = [str(x) for x in raw_domains] if isinstance(raw_domains, list) else []
         self.unsigned = str(d["unsigned"])
-        self.hostname = str(d["hostname"]) or os.uname().nodename
+        self.hostname = str(d["hostname"]) or posix.uname().nodename
         self.local_names = addressing.local_names(self.hostname)
 
 
@@ -72,7 +72,7 @@ def load_runtime(cli_path: str | None) -> Runtime:
     from agent import config  # the slow path: tomllib, dataclasses, socket
 
     try:
-        st: os.stat_result | None = os.stat(path)
+        st: posix.stat_result | None = posix.stat(path)
     except OSError:
         st = None
     cfg = config.load(cli_path)
@@ -113,7 +113,7 @@ def normalize(data: bytes) -> bytes:
 
 
 def login_name() -> str:
-    uid = os.getuid()
+    uid = posix.getuid()
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:

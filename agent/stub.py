@@ -33,8 +33,8 @@ def render(entry: str, python: str, site_dirs: list[str]) -> str:
         # the work is done and fsynced: skip interpreter teardown (~3 ms per message)
         "sys.stdout.flush()\n"
         "sys.stderr.flush()\n"
-        "import os\n"
-        "os._exit(code)\n"
+        "import posix\n"
+        "posix._exit(code)\n"
     )
 
 

@@ -319,7 +319,18 @@ def test_pipelined_refusal_abandons_data(tmp_path: Path) -> None:
 
 # --- startup hygiene: what the fast path imports ---
 
-FORBIDDEN = ["re", "json", "tomllib", "socket", "email", "asyncio", "typing", "dataclasses", "agent.config"]
+FORBIDDEN = [
+    "os",
+    "re",
+    "json",
+    "tomllib",
+    "socket",
+    "email",
+    "asyncio",
+    "typing",
+    "dataclasses",
+    "agent.config",
+]
 
 PROBE = """
 import sys
@@ -365,7 +376,7 @@ def test_stub_text() -> None:
         text.startswith("#!/opt/venv/bin/python -SE\n")
         and "sys.path[0:1] = ['/opt/src', '/opt/venv/site']" in text
     )
-    assert "from agent.sendmail import main" in text and "os._exit(code)" in text
+    assert "from agent.sendmail import main" in text and "posix._exit(code)" in text
     assert sys.executable
     with pytest.raises(ValueError):
         write_stub(Path(tempfile.mkdtemp()) / "s", "relative/python", [])
