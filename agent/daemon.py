@@ -145,6 +145,8 @@ class Daemon:
                 qid = await asyncio.to_thread(
                     pickup.pick_one, self.cfg.queue.maildrop, name, self._cleanup, corrupt
                 )
+                if qid == pickup.RETRY:
+                    break  # the queue is full now: the rest waits for the next round
                 if qid:
                     self._queued(qid)
                 elif os.path.lexists(os.path.join(self.cfg.queue.maildrop, name)):
@@ -199,6 +201,7 @@ class Daemon:
         if (cfg.queue.path, cfg.listen) != (self.cfg.queue.path, self.cfg.listen):
             log.warning("reload: queue path and listeners keep their old values until restart")
         self.cfg = cfg
+        self.queue.min_free = cfg.queue.min_free
         self.signer = signer
         self._password = password
         self._cleanup = Cleanup(cfg, signer, self.queue)

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 
 from agent import envelope as fmt
 from agent.cleanup import Cleanup
-from agent.errors import AgentError
+from agent.errors import AgentError, TempError
 
 log = logging.getLogger("relay-agent")
 
+RETRY = "retry"  # pick_one: the queue could not take it now; the file stays
 HEADER_SLACK = 1 << 20  # envelope header allowance on top of the message size limit
 STALE_TMP = 3600.0  # a sendmail that has not renamed its temp file in an hour died
 
@@ -129,8 +130,9 @@ def _read_all(fd: int, size: int) -> bytes:
 
 
 def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> str | None:
-    """Take one maildrop file into the queue; returns the queue id or None. Never raises:
-    one user's file must not stop pickup for everyone."""
+    """Take one maildrop file into the queue; returns the queue id, RETRY (try it again
+    later: the queue is full) or None (gone or refused). Never raises: one user's file
+    must not stop pickup for everyone."""
     path = os.path.join(maildrop, name)
     try:
         data, st = read_untrusted(path, cleanup.cfg.limits.max_message_size)
@@ -146,6 +148,10 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
         )
     except FileNotFoundError:
         return None
+    except TempError as exc:
+        # queue full or unwritable: the file is fine, it waits in the maildrop for the next round
+        log.warning("maildrop file %s left for later: %s", shown(name), exc.message)
+        return RETRY
     except Unsafe as exc:
         refuse(path, name, str(exc))
         return None

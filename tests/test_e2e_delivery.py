@@ -275,3 +275,28 @@ def test_sigterm_lets_the_transaction_in_flight_finish(agent: AgentEnv, relay_st
     agent.start()
     time.sleep(1.0)
     assert len(relay_standin.messages) == 1
+
+
+def test_full_queue_leaves_maildrop_files_for_later(agent: AgentEnv, relay_standin: RelayStandin) -> None:
+    assert (
+        agent.sendmail(
+            ["-i", "-f", "app@example.com", "later@example.net"], msg("later@example.net")
+        ).returncode
+        == 0
+    )
+    agent.sections["queue"]["min_free"] = 1 << 62  # the queue's file system is "full" now
+    agent.write_config()
+    agent.start()
+    deadline = time.monotonic() + 10
+    while "left for later" not in agent.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "left for later" in agent.log()
+    assert [n for n in os.listdir(agent.maildrop) if not n.startswith(".")]  # still there, not quarantined
+    assert not any((agent.queue_dir / "corrupt").iterdir())
+    agent.sections["queue"]["min_free"] = 0
+    agent.write_config()
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)
+    got = relay_standin.wait_for(1, timeout=10)
+    assert list(got[0].rcpt_tos) == ["later@example.net"]
+    agent.wait_queue_empty()
