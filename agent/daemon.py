@@ -59,13 +59,9 @@ def sd_notify(message: str) -> None:
 
 def refresh_digest(cfg: Config) -> None:
     """Keep sendmail's pre-digested config fresh where we may write it (best effort)."""
-    if cfg.path:
-        from agent import digest
+    from agent import digest
 
-        try:
-            digest.write(cfg)
-        except OSError:
-            pass
+    digest.write(cfg)  # returns False where it cannot write; never raises for that
 
 
 class Daemon:
