@@ -23,6 +23,7 @@ rewritten atomically after each attempt (absent = fresh, all recipients pending)
     attempts 2
     next 1700000060.0
     error 451 4.3.0 try later     (last error, one line)
+    bounce 1                      (failed recipients whose bounce is not queued yet)
     r 0 S                         (recipient index, P/S/F, optional error)
     r 1 F 550 5.1.1 no such user
 """
@@ -184,7 +185,7 @@ def decode(data: bytes) -> tuple[Envelope, bytes]:
 class State:
     """Mutable delivery state of one message (see the module docstring)."""
 
-    __slots__ = ("attempts", "failed_at", "last_error", "next_attempt", "rcpt", "state")
+    __slots__ = ("attempts", "bounce_due", "failed_at", "last_error", "next_attempt", "rcpt", "state")
 
     def __init__(
         self,
@@ -194,6 +195,7 @@ class State:
         last_error: str = "",
         failed_at: float = 0.0,
         rcpt: dict[int, tuple[str, str]] | None = None,
+        bounce_due: list[int] | None = None,
     ) -> None:
         self.state = state
         self.attempts = attempts
@@ -201,9 +203,19 @@ class State:
         self.last_error = last_error
         self.failed_at = failed_at
         self.rcpt: dict[int, tuple[str, str]] = {} if rcpt is None else rcpt
+        # failed recipients whose bounce is not queued yet (the queue was full)
+        self.bounce_due: list[int] = [] if bounce_due is None else bounce_due
 
     def _key(self) -> tuple[object, ...]:
-        return (self.state, self.attempts, self.next_attempt, self.last_error, self.failed_at, self.rcpt)
+        return (
+            self.state,
+            self.attempts,
+            self.next_attempt,
+            self.last_error,
+            self.failed_at,
+            self.rcpt,
+            self.bounce_due,
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, State) and self._key() == other._key()
@@ -235,6 +247,8 @@ def encode_state(st: State) -> bytes:
     ]
     if st.last_error:
         lines.append("error " + clean_line(st.last_error))
+    if st.bounce_due:
+        lines.append("bounce " + " ".join(str(i) for i in st.bounce_due))
     for i in sorted(st.rcpt):
         s, err = st.rcpt[i]
         lines.append(f"r {i} {s} {clean_line(err)}".rstrip())
@@ -259,6 +273,8 @@ def decode_state(data: bytes) -> State:
             st.next_attempt = _float(value)
         elif key == "failed_at":
             st.failed_at = _float(value)
+        elif key == "bounce":
+            st.bounce_due = [_int(i) for i in value.split()]
         elif key == "error":
             st.last_error = value
         elif key == "r":

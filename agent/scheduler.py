@@ -18,7 +18,7 @@ from agent import backoff, bounce
 from agent import envelope as fmt
 from agent.cleanup import Cleanup
 from agent.config import Config
-from agent.errors import AgentError
+from agent.errors import AgentError, TempError
 from agent.queue import Queue
 from agent.relay import RcptResult, RelayConnection, RelayError
 
@@ -94,6 +94,8 @@ class Scheduler:
                 if st.state == "hold":
                     continue
                 due = st.failed_at + self.cfg.queue.failed_keep if st.state == "failed" else st.next_attempt
+                if st.bounce_due:
+                    due = 0.0  # a bounce the queue could not take before the restart
             self.add(qid, due)
             count += 1
         return count
@@ -216,6 +218,9 @@ class Scheduler:
             log.error("%s", self.queue.quarantine(qid, str(exc)))
             return conn
         now = time.time()
+        if st.bounce_due and not await self._send_bounce(qid, env, message, st):
+            self._requeue(qid, now + self.cfg.queue.retry_initial)
+            return conn
         if st.state == "hold":
             return conn
         if st.state == "failed":
@@ -286,31 +291,38 @@ class Scheduler:
                 newly_failed.append(bounce.FailedRecipient(res.address, res.reply, remote=bool(relay)))
             else:
                 temp_errors.append(res.reply)
+        if newly_failed:
+            self.counters.bump("bounced")
+            if self._wants_bounce(qid, env):
+                # recorded with the failure, so a full queue or a crash cannot lose the bounce
+                st.bounce_due += [env.recipients.index(f.address) for f in newly_failed]
         still = st.pending(len(env.recipients))
+        any_failed = any(st.rcpt_state(i) == fmt.FAILED for i in range(len(env.recipients)))
+        due = now
         if not still:
-            any_failed = any(st.rcpt_state(i) == fmt.FAILED for i in range(len(env.recipients)))
-            if any_failed:
+            if not any_failed:
+                await asyncio.to_thread(self.queue.remove, qid, False)
+            else:
                 st.state, st.failed_at = "failed", now
                 st.last_error = newly_failed[-1].reply if newly_failed else st.last_error
                 await asyncio.to_thread(self.queue.write_state, qid, st)
-                self._requeue(qid, now + self.cfg.queue.failed_keep)
-            else:
-                await asyncio.to_thread(self.queue.remove, qid, False)
+                due = now + self.cfg.queue.failed_keep
         else:
             st.attempts += 1
             st.state = "deferred"
             st.last_error = temp_errors[-1] if temp_errors else st.last_error
             delay = backoff.next_delay(st.attempts, self.cfg.queue.retry_initial, self.cfg.queue.retry_max)
             # never wait past the expiry time: the message bounces then
-            st.next_attempt = min(now + delay, env.created + self.cfg.queue.max_age)
+            st.next_attempt = due = min(now + delay, env.created + self.cfg.queue.max_age)
             await asyncio.to_thread(self.queue.write_state, qid, st)
-            self._requeue(qid, st.next_attempt)
             self.counters.bump("deferred")
         sent_now = sum(1 for r in results if r.outcome == "sent")
         if sent_now:
             self.counters.bump("sent")
-        if newly_failed:
-            await self._bounce(qid, env, message, newly_failed, relay)
+        if still or any_failed:
+            if st.bounce_due and not await self._send_bounce(qid, env, message, st, relay):
+                due = min(due, now + self.cfg.queue.retry_initial)
+            self._requeue(qid, due)
 
     def _log(self, qid: str, res: RcptResult, relay: str, delay: float, started: float) -> None:
         status = {"sent": "sent", "temp": "deferred", "perm": "bounced"}[res.outcome]
@@ -326,18 +338,24 @@ class Scheduler:
             fmt.clean_line(res.reply),
         )
 
-    async def _bounce(
-        self, qid: str, env: fmt.Envelope, message: bytes, failed: list[bounce.FailedRecipient], relay: str
-    ) -> None:
-        self.counters.bump("bounced")
+    def _wants_bounce(self, qid: str, env: fmt.Envelope) -> bool:
         if not env.sender:
             log.info("%s: not bouncing: null sender", qid)
-            return
+            return False
         if not self.cfg.queue.bounce or "NEVER" in env.dsn_param("notify").upper():
             log.info("%s: not bouncing: bounces disabled for this message", qid)
-            return
+            return False
+        return True
+
+    async def _send_bounce(
+        self, qid: str, env: fmt.Envelope, message: bytes, st: fmt.State, relay: str = ""
+    ) -> bool:
+        """Queue one DSN for the recipients in st.bounce_due; False to try again later."""
+        failed = [
+            bounce.FailedRecipient(env.recipients[i], st.rcpt_error(i), remote=bool(relay))
+            for i in st.bounce_due
+        ]
         cleanup = self.cleanup()
-        ret = env.dsn_param("ret").upper()
         report = bounce.build(
             qid=qid,
             sender=env.sender,
@@ -347,13 +365,20 @@ class Scheduler:
             mailer_daemon=cleanup.mailer_daemon(),
             relay=relay,
             arrival=env.created,
-            headers_only=ret != "FULL",
+            headers_only=env.dsn_param("ret").upper() != "FULL",
         )
         try:
             bqid = await asyncio.to_thread(cleanup.accept, "", [env.sender], report, origin="bounce")
-        except AgentError as exc:
+        except TempError as exc:
+            log.warning("%s: bounce to <%s> not queued yet: %s", qid, env.sender, exc.message)
+            return False
+        except AgentError as exc:  # e.g. refused by policy: retrying cannot help
             log.error("%s: cannot queue the bounce to <%s>: %s", qid, env.sender, exc.message)
-            return
-        log.info("%s: sender non-delivery notification: %s", qid, bqid)
-        self.counters.bump("queued")
-        self.add(bqid)
+            bqid = ""
+        if bqid:
+            log.info("%s: sender non-delivery notification: %s", qid, bqid)
+            self.counters.bump("queued")
+            self.add(bqid)
+        st.bounce_due = []
+        await asyncio.to_thread(self.queue.write_state, qid, st)
+        return True

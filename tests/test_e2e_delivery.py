@@ -300,3 +300,42 @@ def test_full_queue_leaves_maildrop_files_for_later(agent: AgentEnv, relay_stand
     got = relay_standin.wait_for(1, timeout=10)
     assert list(got[0].rcpt_tos) == ["later@example.net"]
     agent.wait_queue_empty()
+
+
+def test_a_bounce_the_full_queue_cannot_take_is_sent_later(
+    agent: AgentEnv, relay_standin: RelayStandin
+) -> None:
+    relay_standin.reject_rcpt("gone@example.net", 550, "5.1.1 no such user")
+    relay_standin.down()
+    agent.start()
+    m = b"From: app@example.com\nTo: gone@example.net\nSubject: s\n\nbody\n"
+    assert agent.sendmail(["-i", "-f", "app@example.com", "gone@example.net"], m).returncode == 0
+
+    def reload(min_free: int) -> None:
+        agent.sections["queue"]["min_free"] = min_free
+        agent.write_config()
+        assert agent.proc is not None
+        before = agent.log().count("reloaded")
+        agent.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while agent.log().count("reloaded") == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    reload(1 << 62)  # the queue's file system is "full" when the 550 comes back
+    relay_standin.up()
+    agent.cli("queue", "flush")
+    deadline = time.monotonic() + 10
+    while "not queued yet" not in agent.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "not queued yet" in agent.log()
+    assert relay_standin.messages == []
+    state = next((agent.queue_dir / "state").iterdir()).read_text()
+    assert "bounce 0" in state  # the debt is on disk: a restart would not lose it
+    agent.stop()
+    agent.sections["queue"]["min_free"] = 0
+    agent.write_config()
+    agent.start()  # after a restart, with room again, the bounce goes out
+    got = relay_standin.wait_for(1, timeout=15)
+    assert got[0].mail_from in ("", "<>") and list(got[0].rcpt_tos) == ["app@example.com"]
+    assert b"Final-Recipient: rfc822; gone@example.net" in got[0].data
+    assert "bounce " not in next((agent.queue_dir / "state").iterdir()).read_text()
