@@ -18,17 +18,6 @@ from agent.errors import MessageError, PolicyError, TooBigError
 from agent.queue import Queue, new_id
 
 
-def to_crlf(message: bytes) -> bytes:
-    """Bare LF (and bare CR) become CRLF; existing CRLF stays."""
-    if b"\r" not in message:
-        return message.replace(b"\n", b"\r\n")
-    return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-
-
-def rfc2822_date(now: float) -> str:
-    return headers.format_date(now)
-
-
 class Cleanup:
     def __init__(self, cfg: Config, signer: Signer, queue: Queue) -> None:
         self.cfg = cfg
@@ -77,7 +66,7 @@ class Cleanup:
         if not rcpts:
             raise MessageError("no recipients")
         sender = self.sender(sender) if sender else ""
-        body = to_crlf(message)
+        body = headers.to_crlf(message)
         body = headers.rewrite_from(body, self._local_from)
         body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
         body = longlines.make_safe(body)
@@ -111,8 +100,8 @@ class Cleanup:
 
     def _received(self, qid: str, uid: int, origin: str, now: float) -> bytes:
         who = f"from userid {uid}" if uid >= 0 else f"from {origin}"
-        line = f"Received: by {self.cfg.hostname} (relay-agent, {who})\r\n\tid {qid}; {rfc2822_date(now)}\r\n"
-        return line.encode()
+        date = headers.format_date(now)
+        return f"Received: by {self.cfg.hostname} (relay-agent, {who})\r\n\tid {qid}; {date}\r\n".encode()
 
     def _local_from(self, addr: str) -> str:
         """A local From: (cron's `root (Cron Daemon)`) gets the same rewrite as the sender."""

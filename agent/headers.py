@@ -94,6 +94,13 @@ def eol_of(message: bytes) -> bytes:
     return b"\n" if nl > 0 and message[nl - 1 : nl] != b"\r" else b"\r\n"
 
 
+def to_crlf(message: bytes) -> bytes:
+    """Bare LF and bare CR become CRLF; existing CRLF stays."""
+    if b"\r" not in message:
+        return message.replace(b"\n", b"\r\n")
+    return message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
 def format_date(now: float) -> str:
     """RFC 5322 date in local time, independent of the locale."""
     t = time.localtime(now)

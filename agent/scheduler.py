@@ -134,7 +134,6 @@ class Scheduler:
                 now = time.time()
                 # while the relay is unreachable, leave the index alone: no re-reading
                 # of every queued file each time the backoff expires for one of them
-                relay_ok = now >= self.connect_backoff
                 while (
                     self.heap
                     and self._next_due() <= now
@@ -144,7 +143,7 @@ class Scheduler:
                     qid = self._pop()
                     self.inflight.add(qid)
                     await self.work.put(qid)
-                if not relay_ok:
+                if now < self.connect_backoff:  # also when a worker just found the relay down
                     delay = self.connect_backoff - now
                 else:
                     delay = min(self._next_due() - now, 5.0) if self.heap else 5.0

@@ -103,13 +103,13 @@ def read_message(stream: BinaryIO | None, ignore_dots: bool, limit: int) -> byte
 
 
 def normalize(data: bytes) -> bytes:
-    """Refuse NUL bytes, drop an mbox "From " line, make every line end in CRLF."""
+    """Refuse NUL bytes, drop an mbox "From " line, make every line end in CRLF (as cleanup does)."""
     if b"\0" in data:
         raise MessageError("message contains NUL bytes")
     if data.startswith(b"From "):
         nl = data.find(b"\n")
         data = b"" if nl < 0 else data[nl + 1 :]
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return headers.to_crlf(data)
 
 
 def login_name() -> str:
