@@ -165,12 +165,8 @@ def test_size_limit_over_socket(tmp_path: Path, relay_standin: RelayStandin) -> 
     env = AgentEnv(tmp_path, relay_standin, extra={"limits": {"max_message_size": 1000}})
     env.start()
     try:
-        with UnixSMTP(str(env.socket)) as smtp:
-            smtp.ehlo()
-            smtp.mail("app@example.com")
-            smtp.rcpt("a@example.net")
-            code, _ = smtp.data(MSG + b"x" * 2000 + b"\r\n")
-            assert code == 552
+        code, _ = env.smtp_data(MSG + b"x" * 2000 + b"\r\n")
+        assert code == 552
         r = env.sendmail(["-i", "a@example.net"], MSG + b"x" * 2000 + b"\n")
         assert r.returncode == 65 and len(r.stderr.splitlines()) == 1
     finally:

@@ -240,12 +240,8 @@ def test_queue_full_is_452_over_smtp(tmp_path: Path, relay_standin: RelayStandin
     env = AgentEnv(tmp_path, relay_standin, extra={"queue": {"min_free": 1 << 62}})
     env.start()
     try:
-        with UnixSMTP(str(env.socket)) as smtp:
-            smtp.ehlo()
-            smtp.mail("app@example.com")
-            smtp.rcpt("a@example.net")
-            code, reply = smtp.data(b"From: app@example.com\r\nSubject: s\r\n\r\nbody\r\n")
-            assert code == 452 and b"space" in reply
+        code, reply = env.smtp_data(b"From: app@example.com\r\nSubject: s\r\n\r\nbody\r\n")
+        assert code == 452 and b"space" in reply
         r = env.sendmail(["-i", "a@example.net"], b"From: app@example.com\n\nbody\n")
         assert r.returncode == 75 and len(r.stderr.splitlines()) == 1
         assert not any((env.queue_dir / "msg").iterdir())

@@ -188,6 +188,17 @@ class AgentEnv:
             [RELAY_AGENT, *args], env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
+    def smtp_data(
+        self, data: bytes, sender: str = "app@example.com", rcpt: str = "a@example.net"
+    ) -> tuple[int, bytes]:
+        """One SMTP transaction over the daemon's socket: the reply to DATA's final dot."""
+        with UnixSMTP(str(self.socket)) as smtp:
+            smtp.ehlo()
+            assert smtp.mail(sender)[0] == 250
+            assert smtp.rcpt(rcpt)[0] == 250
+            code, reply = smtp.data(data)
+        return int(code), bytes(reply)
+
     def queue_json(self) -> list[dict[str, Any]]:
         out = self.cli("queue", "list", "--json")
         assert out.returncode == 0, out.stderr
