@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from agent import addressing, headers, longlines
 from agent.config import Config
 from agent.dkim_policy import unsigned_refusal
-from agent.dkim_sign import Signer
+from agent.dkim_sign import Draft, Signer, signed
 from agent.envelope import Envelope, has_bad_chars
 from agent.errors import MessageError, PolicyError, TooBigError
 from agent.queue import Queue, new_id
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message that passed cleanup: everything decided, only the private-key
+    step of its DKIM signatures and the durable write still to do."""
+
+    qid: str
+    envelope: Envelope
+    body: bytes
+    drafts: tuple[Draft, ...]
+
+    def message(self) -> bytes:
+        return signed(self.body, self.drafts)
 
 
 class Cleanup:
@@ -50,8 +65,10 @@ class Cleanup:
         origin: str = "local",
         qid: str = "",
         now: float | None = None,
-    ) -> tuple[str, Envelope, bytes]:
-        """The pure part of accepting a message: returns (qid, envelope, signed bytes)."""
+    ) -> Prepared:
+        """Everything of accepting a message but signing and writing (raises for what it
+        refuses, NoSpaceError first when the queue's file system is short of space)."""
+        self.queue.check_space()
         now = time.time() if now is None else now
         qid = qid or new_id(now)
         if len(message) > self.cfg.limits.max_message_size:
@@ -71,8 +88,7 @@ class Cleanup:
         body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
         body = longlines.make_safe(body)
         body = self._received(qid, uid, origin, now) + body
-        body = self._sign(body)
-        return qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body
+        return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
 
     def accept(
         self,
@@ -87,16 +103,21 @@ class Cleanup:
     ) -> str:
         """Prepare and durably enter a message; returns its queue id."""
         self.queue.check_space()
-        qid, env, body = self.prepare(sender, recipients, message, uid=uid, dsn=dsn, origin=origin, qid=qid)
-        return self.queue.enter(env, body, qid)
+        return self.finish(
+            self.prepare(sender, recipients, message, uid=uid, dsn=dsn, origin=origin, qid=qid)
+        )
 
-    def _sign(self, message: bytes) -> bytes:
+    def finish(self, prepared: Prepared) -> str:
+        """Sign and durably enter a prepared message (the GIL-free part: RSA, write, fsync)."""
+        return self.queue.enter(prepared.envelope, prepared.message(), prepared.qid)
+
+    def _drafts(self, message: bytes) -> tuple[Draft, ...]:
         domain = headers.from_domain(message)
         if self.signer.has_key_for(domain):
-            return self.signer.sign(message, domain)
+            return self.signer.drafts(message, domain)
         if self.cfg.policy.unsigned == "reject":
             raise PolicyError(unsigned_refusal(domain))
-        return message
+        return ()
 
     def _received(self, qid: str, uid: int, origin: str, now: float) -> bytes:
         who = f"from userid {uid}" if uid >= 0 else f"from {origin}"

@@ -22,7 +22,9 @@ from typing import Any
 from agent import config as config_mod
 from agent import credentials, pickup
 from agent.cleanup import Cleanup
+from agent.committer import Committer
 from agent.config import Config
+from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
 from agent.queue import Queue
@@ -72,7 +74,11 @@ class Daemon:
         self._cleanup = Cleanup(cfg, self.signer, self.queue)
         self.counters = Counters()
         self._password = credentials.get_password(cfg)
-        self.scheduler = Scheduler(cfg, self.queue, self.cleanup, self.password, self.counters)
+        self.disk = DiskThread()
+        self.committer = Committer(self.queue)
+        self.scheduler = Scheduler(
+            cfg, self.queue, self.cleanup, self.password, self.counters, self.disk, self.committer.commit
+        )
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event = asyncio.Event()
         self.refused_drops: set[str] = set()
@@ -107,7 +113,7 @@ class Daemon:
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         lc = self.cfg.listen
-        handler = Handler(self.cleanup, self._queued, self.scheduler.flush, "local")
+        handler = Handler(self.cleanup, self._queued, self.scheduler.flush, "local", self.committer.commit)
         make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
@@ -120,7 +126,7 @@ class Daemon:
             self.servers.append(srv)
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
-            tcp = Handler(self.cleanup, self._queued, self.scheduler.flush, "loopback")
+            tcp = Handler(self.cleanup, self._queued, self.scheduler.flush, "loopback", self.committer.commit)
             make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
 
@@ -138,7 +144,7 @@ class Daemon:
                 log.error("cannot read maildrop %s: %s", self.cfg.queue.maildrop, exc)
                 names = []
             for name in names:
-                qid = await asyncio.to_thread(
+                qid = await self.disk.run(
                     pickup.pick_one, self.cfg.queue.maildrop, name, self._cleanup, corrupt
                 )
                 if qid == pickup.RETRY:
@@ -154,7 +160,7 @@ class Daemon:
         path = os.path.join(self.cfg.queue.path, STATUS_FILE)
         while not self.stop_event.is_set():
             self.counters.changed.clear()
-            await asyncio.to_thread(self.write_status, path)
+            await self.disk.run(self.write_status, path)
             changed = asyncio.ensure_future(self.counters.changed.wait())
             stopping = asyncio.ensure_future(self.stop_event.wait())
             await asyncio.wait((changed, stopping), timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
@@ -234,6 +240,8 @@ async def run(cfg: Config) -> int:
     for t in pending:
         t.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    daemon.committer.close()
+    daemon.disk.close()
     daemon.write_status(os.path.join(cfg.queue.path, STATUS_FILE))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cfg.listen.socket)

@@ -26,7 +26,7 @@ from agent.config import Config
 from agent.dkim_policy import signing_domain
 from agent.errors import ConfigError, MessageError
 
-__all__ = ["SIGNED_HEADERS", "Signer", "include_headers", "signature_header"]
+__all__ = ["SIGNED_HEADERS", "Draft", "Signer", "draft", "include_headers", "signed"]
 
 # Signed when present (RFC 6376 5.4.1 recommendations plus one-click unsubscribe, RFC 8058).
 SIGNED_HEADERS = frozenset(
@@ -102,11 +102,31 @@ def include_headers(headers: list[Any]) -> tuple[bytes, ...]:
     return (*names, b"from")
 
 
-def signature_header(parsed: ParsedMessage, key: SigningKey, timestamp: int) -> bytes:
-    """One DKIM-Signature header line (folded, CRLF-terminated), built as dkimpy's gen_header does."""
+@dataclass(frozen=True)
+class Draft:
+    """A DKIM-Signature whose header hash is done but whose private-key step is not.
+
+    The split lets the daemon hash on its event loop and run `header()` (RSA,
+    which releases the GIL) on its disk thread, beside the loop.
+    """
+
+    key: SigningKey
+    fields: tuple[tuple[bytes, bytes], ...]
+    digest: bytes
+
+    def header(self) -> bytes:
+        """The DKIM-Signature header line, folded and CRLF-terminated."""
+        fields = (*self.fields[:-1], (b"b", base64.b64encode(self.key.sign_digest(self.digest))))
+        value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+        folded: bytes = dkim.fold(value, namelen=len(HEADER_NAME), linesep=b"\r\n")
+        return HEADER_NAME + b": " + folded
+
+
+def draft(parsed: ParsedMessage, key: SigningKey, timestamp: int) -> Draft:
+    """Everything of one signature but the private-key step, built as dkimpy's gen_header does."""
     include = include_headers(parsed.headers)
     domain = key.domain.encode("ascii")
-    fields = [
+    fields = (
         (b"v", b"1"),
         (b"a", key.algorithm),
         (b"c", CANON.to_c_value()),
@@ -119,15 +139,14 @@ def signature_header(parsed: ParsedMessage, key: SigningKey, timestamp: int) -> 
         (b"bh", parsed.body_hash),
         # a placeholder long enough that b= folds onto its own line, as dkimpy does
         (b"b", b"0" * 60),
-    ]
-    draft = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME), linesep=b"\r\n")
-    draft = dkim.RE_BTAG.sub(b"\\1", draft)
+    )
+    folded = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME), linesep=b"\r\n")
+    blanked = dkim.RE_BTAG.sub(b"\\1", folded)
     hasher = hashlib.sha256()
-    dkim.hash_headers(hasher, CANON, parsed.canon_headers, include, (HEADER_NAME, b" " + draft), dict(fields))
-    fields[-1] = (b"b", base64.b64encode(key.sign_digest(hasher.digest())))
-    value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
-    folded: bytes = dkim.fold(value, namelen=len(HEADER_NAME), linesep=b"\r\n")
-    return HEADER_NAME + b": " + folded
+    dkim.hash_headers(
+        hasher, CANON, parsed.canon_headers, include, (HEADER_NAME, b" " + blanked), dict(fields)
+    )
+    return Draft(key, fields, hasher.digest())
 
 
 class Signer:
@@ -144,18 +163,27 @@ class Signer:
         domain = signing_domain(from_domain, self.domains)
         return tuple(k for k in self.keys if k.domain == domain) if domain else ()
 
+    def drafts(self, message: bytes, from_domain: str, timestamp: int | None = None) -> tuple[Draft, ...]:
+        """One draft per key of the chosen domain; none when no key applies."""
+        keys = self.keys_for(from_domain)
+        if not keys:
+            return ()
+        parsed = parse(message)
+        now = int(time.time()) if timestamp is None else timestamp
+        return tuple(draft(parsed, k, now) for k in keys)
+
     def sign(self, message: bytes, from_domain: str, timestamp: int | None = None) -> bytes:
         """The message with one DKIM-Signature per key of the chosen domain prepended.
 
         Unchanged when no key applies: whether that is allowed is the caller's policy.
         Any existing DKIM-Signature stays where it is, below ours.
         """
-        keys = self.keys_for(from_domain)
-        if not keys:
-            return message
-        parsed = parse(message)
-        now = int(time.time()) if timestamp is None else timestamp
-        return b"".join(signature_header(parsed, k, now) for k in keys) + message
+        return signed(message, self.drafts(message, from_domain, timestamp))
+
+
+def signed(message: bytes, drafts: tuple[Draft, ...]) -> bytes:
+    """`message` with the finished signatures prepended (itself when there are none)."""
+    return b"".join(d.header() for d in drafts) + message if drafts else message
 
 
 def _load(cfg: Config) -> list[SigningKey]:

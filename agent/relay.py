@@ -213,7 +213,10 @@ class RelayConnection:
         """TCP (+TLS if implicit), EHLO, STARTTLS, EHLO, AUTH. progress(step, detail) after each."""
         report = progress or (lambda step, detail: None)
         cfg = self._cfg
-        ctx = shared_tls_context(cfg.ca_file)
+        try:
+            ctx = shared_tls_context(cfg.ca_file)
+        except (OSError, ssl.SSLError) as exc:  # e.g. ca_file removed since the config was checked
+            raise self._error("tls", f"cannot load relay.ca_file {cfg.ca_file}: {exc}") from None
         implicit = cfg.tls == "implicit"
         self._smtp = smtp = aiosmtplib.SMTP(
             hostname=cfg.host,

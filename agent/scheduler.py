@@ -9,15 +9,16 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
 from agent import backoff, bounce
 from agent import envelope as fmt
-from agent.cleanup import Cleanup
+from agent.cleanup import Cleanup, Prepared
 from agent.config import Config
+from agent.disk_thread import DiskThread
 from agent.errors import AgentError, TempError
 from agent.queue import Queue
 from agent.relay import RcptResult, RelayConnection, RelayError
@@ -55,12 +56,16 @@ class Scheduler:
         cleanup: Callable[[], Cleanup],
         password: Callable[[], str | None],
         counters: Counters,
+        disk: DiskThread,
+        commit: Callable[[Prepared], Awaitable[str]],
     ) -> None:
         self.cfg = cfg
         self.queue = queue
         self.cleanup = cleanup
         self.password = password
         self.counters = counters
+        self.disk = disk
+        self.commit = commit
         self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
         # One int per scheduled message, (due in ms) << 64 | id: the index of 100,000
         # queued messages must fit the 60 MB budget, so no tuples and no id strings.
@@ -210,7 +215,7 @@ class Scheduler:
             self._requeue(qid, self.connect_backoff)
             return conn
         try:
-            env, message, st = await asyncio.to_thread(self._load, qid)
+            env, message, st = self._load(qid)  # a read: cheaper on the loop than a thread hop
         except FileNotFoundError:
             return conn  # deleted by `queue delete` meanwhile
         except fmt.FormatError as exc:
@@ -224,14 +229,14 @@ class Scheduler:
             return conn
         if st.state == "failed":
             if backoff.failed_gone(st.failed_at, now, self.cfg.queue.failed_keep):
-                await asyncio.to_thread(self.queue.remove, qid)
+                await self.disk.run(self.queue.remove, qid)
                 log.info("%s: removed (failed, kept %ds)", qid, self.cfg.queue.failed_keep)
             else:
                 self._requeue(qid, st.failed_at + self.cfg.queue.failed_keep)
             return conn
         pending = st.pending(len(env.recipients))
         if not pending:
-            await asyncio.to_thread(self.queue.remove, qid)
+            await self.disk.run(self.queue.remove, qid)
             return conn
         if backoff.expired(env.created, now, self.cfg.queue.max_age):
             age = int(now - env.created)
@@ -300,11 +305,11 @@ class Scheduler:
         due = now
         if not still:
             if not any_failed:
-                await asyncio.to_thread(self.queue.remove, qid, False)
+                await self.disk.run(self.queue.remove, qid, False)  # two unlinks, no fsync
             else:
                 st.state, st.failed_at = "failed", now
                 st.last_error = newly_failed[-1].reply if newly_failed else st.last_error
-                await asyncio.to_thread(self.queue.write_state, qid, st)
+                await self.disk.run(self.queue.write_state, qid, st)
                 due = now + self.cfg.queue.failed_keep
         else:
             st.attempts += 1
@@ -313,7 +318,7 @@ class Scheduler:
             delay = backoff.next_delay(st.attempts, self.cfg.queue.retry_initial, self.cfg.queue.retry_max)
             # never wait past the expiry time: the message bounces then
             st.next_attempt = due = min(now + delay, env.created + self.cfg.queue.max_age)
-            await asyncio.to_thread(self.queue.write_state, qid, st)
+            await self.disk.run(self.queue.write_state, qid, st)
             self.counters.bump("deferred")
         sent_now = sum(1 for r in results if r.outcome == "sent")
         if sent_now:
@@ -367,7 +372,8 @@ class Scheduler:
             headers_only=env.dsn_param("ret").upper() != "FULL",
         )
         try:
-            bqid = await asyncio.to_thread(cleanup.accept, "", [env.sender], report, origin="bounce")
+            prepared = cleanup.prepare("", [env.sender], report, origin="bounce")
+            bqid = await self.commit(prepared)
         except TempError as exc:
             log.warning("%s: bounce to <%s> not queued yet: %s", qid, env.sender, exc.message)
             return False
@@ -379,5 +385,5 @@ class Scheduler:
             self.counters.bump("queued")
             self.add(bqid)
         st.bounce_due = []
-        await asyncio.to_thread(self.queue.write_state, qid, st)
+        await self.disk.run(self.queue.write_state, qid, st)
         return True

@@ -11,12 +11,12 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from agent.cleanup import Cleanup
+from agent.cleanup import Cleanup, Prepared
 from agent.errors import AgentError
 
 log = logging.getLogger("relay-agent")
@@ -111,11 +111,13 @@ class Handler:
         on_queued: Callable[[str], None],
         on_flush: Callable[[], None],
         origin: str,
+        commit: Callable[[Prepared], Awaitable[str]],
     ) -> None:
         self.cleanup = cleanup
         self.on_queued = on_queued
         self.on_flush = on_flush
         self.origin = origin
+        self.commit = commit
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -155,8 +157,8 @@ class Handler:
         uid = getattr(session, "peer_uid", -1)
         cleanup = self.cleanup()
         try:
-            qid = await asyncio.to_thread(
-                cleanup.accept,
+            # the Python part here, on the loop; signing and the durable write beside it
+            prepared = cleanup.prepare(
                 envelope.mail_from or "",
                 list(envelope.rcpt_tos),
                 _content(envelope),
@@ -164,6 +166,7 @@ class Handler:
                 dsn=tuple(dsn),
                 origin=self.origin,
             )
+            qid = await self.commit(prepared)
         except AgentError as exc:
             log.info("refused from %s uid=%d: %s", self.origin, uid, exc.message)
             return exc.smtp_reply()

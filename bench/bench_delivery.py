@@ -4,12 +4,15 @@
    the relay stand-in sees, (n - 1) / (t_last - t_first) over its MAIL FROM timestamps, and the
    relay connections used. Budget: within 2 % of 10 msg/s, over few connections.
 2. limit lifted (rate = 100000): 1,000 messages submitted over the daemon's Unix socket (smtplib
-   over AF_UNIX, several messages per connection) until the relay stand-in holds them all.
-   Budget: >= 300 msg/s end to end.
+   over AF_UNIX, several messages per connection) until the upstream holds them all; three runs,
+   the median reported. Budget: >= 300 msg/s end to end. Upstream: bench/tls_sink.py (STARTTLS,
+   AUTH, whole-buffer reads), because on 2 cores the aiosmtpd stand-in's own ~1.2 ms of CPU per
+   message comes out of the agent's share, while in production the relay is another machine;
+   the same run against the aiosmtpd stand-in is reported beside it.
 3. the relay stand-in's own capacity: aiosmtplib pushing 1,000 messages over 2 persistent
    STARTTLS+AUTH connections straight at it, so it is clearly not the bottleneck.
 
-The upstream is tests/support/relay_standin.py (aiosmtpd with STARTTLS and AUTH, a test CA), not
+The upstreams are TLS ones with a test CA (tests/support/relay_standin.py, bench/tls_sink.py), not
 Postfix's smtp-sink used for the peers: relay-agent refuses AUTH without STARTTLS.
 Submitters and pushers run in a child process so they do not share the stand-in's GIL.
 
@@ -123,6 +126,53 @@ def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float
     return result
 
 
+class SinkRelay:
+    """bench/tls_sink.py in its own process, with what AgentEnv needs of a relay."""
+
+    def __init__(self, tmp: Path) -> None:
+        from tests.support.relay_standin import _Pki
+
+        pki = _Pki.get()
+        self.ca_file = str(tmp / "sink-ca.pem")
+        pki.ca.cert_pem.write_to_path(self.ca_file)
+        cert = str(tmp / "sink-cert.pem")
+        pki.good.private_key_and_cert_chain_pem.write_to_path(cert)
+        self.username, self.password = "bench@example.com", "bench-" + os.urandom(6).hex()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(common.BENCH / "tls_sink.py"), cert, self.username, self.password],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = json.loads(self.proc.stdout.readline())["port"]
+
+    def __enter__(self) -> SinkRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def relay_settings(self) -> dict[str, Any]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "tls": "starttls",
+            "username": self.username,
+            "ca_file": self.ca_file,
+            "timeout": 10,
+            "data_timeout": 10,
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the sink; its count, first/last arrival (monotonic) and CPU seconds."""
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+
 # ----- the three measurements ----------------------------------------------------------------
 
 
@@ -186,43 +236,74 @@ def paced_rate(count: int, rate: float, tmp: Path) -> list[common.Row]:
         ]
 
 
-def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int) -> list[common.Row]:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _lifted_once(count: int, tmp: Path, conns: int, per_conn: int, upstream: str) -> dict[str, Any]:
+    """One run: submit `count` over the socket, wait until the upstream holds them all."""
     from tests.support.agent_env import AgentEnv
     from tests.support.relay_standin import RelayStandin
 
-    with RelayStandin() as relay:
+    tmp.mkdir(parents=True)
+    relay: Any = SinkRelay(tmp) if upstream == "sink" else RelayStandin()
+    with relay:
         env = AgentEnv(tmp, relay, rate=100000.0)
         env.start(timeout=60)
         try:
+            assert env.proc is not None
+            cpu0 = _cpu_seconds(env.proc.pid)
             res = run_child(["_submit", str(env.socket), str(count), str(conns), str(per_conn)])
-            try:
-                msgs = relay.wait_for(count, timeout=120)
-                note = ""
-            except Exception:
-                msgs = relay.messages
-                note = f"only {len(msgs)}/{count} arrived; "
+            env.wait_queue_empty(timeout=120)
+            res["daemon_cpu_ms"] = 1000 * (_cpu_seconds(env.proc.pid) - cpu0) / count
         finally:
             env.stop()
-        end = max(m.time for m in msgs) if msgs else res["end"]
-        rate = len(msgs) / (end - res["start"])
-        submit_rate = count / (res["end"] - res["start"])
-        note += f"{res['sessions']} socket sessions, {conns} in parallel, {res['error_count']} refused"
-        if res["errors"]:
-            note += f" ({res['errors'][0]})"
-        return [
-            common.row(
-                "end to end, limit lifted, Unix socket -> relay stand-in",
-                rate,
-                "msg/s",
-                ">= 300 msg/s",
-                rate >= LIFTED_BUDGET if len(msgs) == count else False,
-                note,
-            ),
-            common.row(
-                "submission over the Unix socket alone (250 after DATA)", submit_rate, "msg/s", "", None
-            ),
-            common.row("relay connections used, limit lifted", relay.connections, "", "few", None),
+        if upstream == "sink":
+            got = relay.finish()
+            res.update(arrived=got["count"], last=got["last"], connections=got["connections"])
+            res["upstream_cpu_ms"] = 1000 * got["cpu"] / max(got["count"], 1)
+        else:
+            msgs = relay.messages
+            res.update(arrived=len(msgs), last=max((m.time for m in msgs), default=res["end"]))
+            res.update(connections=relay.connections, upstream_cpu_ms=None)
+    res["rate"] = res["arrived"] / (res["last"] - res["start"])
+    res["submit_rate"] = count / (res["end"] - res["start"])
+    return res
+
+
+def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int, runs: int = 3) -> list[common.Row]:
+    """The limit lifted, `runs` times per upstream (passes differ by 20 % here): the median run.
+
+    Two upstreams: bench/tls_sink.py (the budget's figure: in production the relay is another
+    machine, so its CPU should not come out of the agent's two cores) and, for comparison,
+    the aiosmtpd relay stand-in the tests use (about 1.2 ms of CPU per message on the same cores).
+    """
+    rows = []
+    for upstream, label in (("sink", "lean TLS sink (bench/tls_sink.py)"), ("standin", "aiosmtpd stand-in")):
+        results = [
+            _lifted_once(count, tmp / f"{upstream}{i}", conns, per_conn, upstream) for i in range(runs)
         ]
+        results.sort(key=lambda r: r["rate"])
+        mid = results[len(results) // 2]
+        complete = all(r["arrived"] >= count for r in results)
+        spread = ", ".join(f"{r['rate']:.0f}" for r in results)
+        note = (
+            f"runs {spread} msg/s; daemon CPU {mid['daemon_cpu_ms']:.2f} ms/msg"
+            + (f", upstream {mid['upstream_cpu_ms']:.2f} ms/msg" if mid["upstream_cpu_ms"] else "")
+            + f"; {mid['sessions']} socket sessions, {conns} in parallel, {mid['error_count']} refused"
+            + ("" if complete else f"; only {mid['arrived']}/{count} arrived")
+        )
+        budget = ">= 300 msg/s" if upstream == "sink" else ""
+        ok = (mid["rate"] >= LIFTED_BUDGET and complete) if upstream == "sink" else None
+        rows += [
+            common.row(
+                f"end to end, limit lifted, Unix socket -> {label}", mid["rate"], "msg/s", budget, ok, note
+            ),
+            common.row(f"submission alone (250 after DATA), {label}", mid["submit_rate"], "msg/s"),
+            common.row(f"relay connections used, limit lifted, {label}", mid["connections"], "", "few"),
+        ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,12 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     count = 30 if args.quick else args.count
     per_conn = 10 if args.quick else args.per_conn
+    runs = 1 if args.quick else 3
     rows: list[common.Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-delivery.") as d:
         for name, job in (
             ("capacity", lambda: relay_capacity(count)),
             ("paced", lambda: paced_rate(count, args.rate, Path(d) / "paced")),
-            ("lifted", lambda: lifted_rate(count, Path(d) / "lifted", args.conns, per_conn)),
+            (
+                "lifted",
+                lambda: lifted_rate(count, Path(d) / "lifted", args.conns, per_conn, runs),
+            ),
         ):
             (Path(d) / name).mkdir(exist_ok=True)
             try:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import backoff, bounce, envelope
+from agent.errors import TempError
 from agent.queue import Queue, new_id, valid_id
 from agent.queue_view import collect, format_mailq
 
@@ -26,6 +27,19 @@ def q(tmp_path: Path) -> Queue:
     queue = Queue(str(tmp_path / "q"))
     queue.ensure_dirs()
     return queue
+
+
+def test_enter_batch_reports_per_message_and_fails_only_the_broken_one(q: Queue) -> None:
+    ids = [new_id() for _ in range(4)]
+    q.enter(ENV, b"first copy", ids[0])  # entered before: idempotent, not rewritten
+    (Path(q.tmp) / ids[2]).write_bytes(b"debris")  # this one's tmp name is taken: O_EXCL refuses
+    results = q.enter_batch([(ENV, BODY + str(i).encode(), qid) for i, qid in enumerate(ids)])
+    assert results[0] == ids[0] and q.read(ids[0]) == (ENV, b"first copy")
+    assert results[1] == ids[1] and q.read(ids[1]) == (ENV, BODY + b"1")
+    assert isinstance(results[2], TempError) and "cannot write queue file" in results[2].message
+    assert not q.exists(ids[2]) and (Path(q.tmp) / ids[2]).read_bytes() == b"debris"
+    assert results[3] == ids[3] and q.read(ids[3]) == (ENV, BODY + b"3")
+    assert sorted(os.listdir(q.tmp)) == [ids[2]]
 
 
 def test_enter_read_roundtrip_and_modes(q: Queue) -> None:
