@@ -2,8 +2,9 @@
 
 dkimpy computes RSA in pure Python (~10 ms per signature) and needs PyNaCl for
 Ed25519. We keep everything that decides *what* is signed in dkimpy (header
-selection, relaxed canonicalization, the b= blanking and folding of the
-signature header) and only swap the final private-key operation, so a signature
+selection, relaxed header canonicalization, the b= blanking and folding of the
+signature header) and swap only the private-key operation and, for speed, the
+body's relaxed canonicalization (checked byte for byte against dkimpy's), so a signature
 is byte-identical to `dkim.sign()` with the same key, headers and timestamp
 (RSASSA-PKCS1-v1_5 is deterministic; tests/test_dkim_sign.py checks it).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy
+from dkim.canonicalization import CanonicalizationPolicy, correct_empty_body, strip_trailing_lines
 
 from agent import dkim_keys
 from agent.config import Config
@@ -49,6 +51,20 @@ SIGNED_HEADERS = frozenset(
 )
 HEADER_NAME = b"DKIM-Signature"
 CANON = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_TO_SQUEEZE = re.compile(rb"\t[\t ]*| [\t ]+")  # a lone space is canonical already
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """dkimpy's relaxed body canonicalization, byte for byte (tests/test_dkim_sign.py checks),
+    without rewriting every single space between two words: dkimpy substitutes each one,
+    0.17 ms for a 2 KB text body, a tenth of that here."""
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = _TRAILING_WSP.sub(b"\r\n", body)
+    if b"\t" in body or b"  " in body:
+        body = _WSP_TO_SQUEEZE.sub(b" ", body)
+    canonical: bytes = correct_empty_body(strip_trailing_lines(body))
+    return canonical
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ def parse(message: bytes) -> ParsedMessage:
         headers = dkim.rfc822_parse(head)[0]
     except dkim.MessageFormatError as exc:
         raise MessageError(f"cannot DKIM-sign: {exc}") from None
-    body_hash = base64.b64encode(hashlib.sha256(CANON.canonicalize_body(body)).digest())
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
     return ParsedMessage(headers, CANON.canonicalize_headers(headers), body_hash)
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import dkim_keys, longlines
 from agent.config import Config, DkimKey, from_dict
-from agent.dkim_sign import Signer, include_headers, parse
+from agent.dkim_sign import CANON, Signer, include_headers, parse, relaxed_body
 from agent.errors import ConfigError, MessageError
 from tests.support.dnsmasq import DnsServer
 from tests.support.verify import (
@@ -344,3 +346,13 @@ def test_large_message_signs_and_verifies(
     signed = rsa_only.sign(msg, "example.com")
     assert verify_dkimpy(signed, records)
     assert verify_perl(signed, dns.port)[0]
+
+
+BODY_PARTS = [b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"a", b"b c", b"."]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(BODY_PARTS), max_size=40))
+def test_relaxed_body_is_dkimpys_byte_for_byte(parts: list[bytes]) -> None:
+    body = b"".join(parts)
+    assert relaxed_body(body) == CANON.canonicalize_body(body)
