@@ -1,7 +1,8 @@
 """cleanup: validate → fix headers → make long lines safe → policy → DKIM-sign once → queue.
 
 Every way into the queue (SMTP on the socket or loopback, maildrop pickup,
-bounces) passes through `Cleanup.accept`, so every retry sends the same bytes.
+bounces) passes through `Cleanup.prepare` and is signed once before it is
+written, so every retry sends the same bytes.
 """
 
 from __future__ import annotations
@@ -90,25 +91,9 @@ class Cleanup:
         body = self._received(qid, uid, origin, now) + body
         return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
 
-    def accept(
-        self,
-        sender: str,
-        recipients: Sequence[str],
-        message: bytes,
-        *,
-        uid: int = -1,
-        dsn: tuple[tuple[str, str], ...] = (),
-        origin: str = "local",
-        qid: str = "",
-    ) -> str:
-        """Prepare and durably enter a message; returns its queue id."""
-        self.queue.check_space()
-        return self.finish(
-            self.prepare(sender, recipients, message, uid=uid, dsn=dsn, origin=origin, qid=qid)
-        )
-
     def finish(self, prepared: Prepared) -> str:
-        """Sign and durably enter a prepared message (the GIL-free part: RSA, write, fsync)."""
+        """Sign and durably enter a prepared message; returns its queue id. The daemon's
+        SMTP path does this on its commit thread instead (agent/committer.py)."""
         return self.queue.enter(prepared.envelope, prepared.message(), prepared.qid)
 
     def _drafts(self, message: bytes) -> tuple[Draft, ...]:

@@ -137,7 +137,7 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
     try:
         data, st = read_untrusted(path, cleanup.cfg.limits.max_message_size)
         env, message = fmt.decode(data)
-        qid = cleanup.accept(
+        prepared = cleanup.prepare(
             env.sender,
             list(env.recipients),
             message,
@@ -146,6 +146,7 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
             origin="maildrop",
             qid=qid_for(name, st, cleanup.queue.key()),
         )
+        qid = cleanup.finish(prepared)
     except FileNotFoundError:
         return None
     except TempError as exc:
