@@ -213,6 +213,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("limits.connections: must be >= 1")
     if lim.fleet_size_hint < 1:
         raise ConfigError("limits.fleet_size_hint: must be >= 1")
+    if lim.shared and lim.shared.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError('limits.shared: must be a "redis://host:port/db" (or rediss://, unix://) URL')
     if cfg.policy.unsigned not in ("reject", "send"):
         raise ConfigError(f'policy.unsigned: must be "reject" or "send", got {cfg.policy.unsigned!r}')
     try:
@@ -264,10 +266,14 @@ def _fqdn() -> str:
 def redacted(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data; no secret is ever part of it.
 
-    The password never lives in the config; password_file is a path, shown as is.
+    The relay password never lives in the config; password_file is a path, shown as is;
+    a password in the limits.shared Redis URL is replaced.
     """
     import dataclasses
 
     out = dataclasses.asdict(cfg)
     out["dkim"] = [dataclasses.asdict(k) for k in cfg.dkim]
+    if "@" in cfg.limits.shared:  # redis://:password@host: keep the host, never the password
+        scheme, _, rest = cfg.limits.shared.partition("://")
+        out["limits"]["shared"] = f"{scheme}://<redacted>@{rest.rpartition('@')[2]}"
     return out

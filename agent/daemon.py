@@ -107,8 +107,6 @@ class Daemon:
             self.cfg.limits.rate,
             time.monotonic() - t0,
         )
-        if self.cfg.limits.shared:
-            log.warning("limits.shared (a fleet-wide rate in Redis) is not implemented; using the local rate")
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,9 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiolimiter import AsyncLimiter
-
-from agent import backoff, bounce
+from agent import backoff, bounce, pacer
 from agent import envelope as fmt
 from agent.cleanup import Cleanup, Prepared
 from agent.config import Config
@@ -66,7 +64,7 @@ class Scheduler:
         self.counters = counters
         self.disk = disk
         self.commit = commit
-        self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
+        self.limiter = pacer.make(cfg)
         # One int per scheduled message, (due in ms) << 64 | id: the index of 100,000
         # queued messages must fit the 60 MB budget, so no tuples and no id strings.
         self.heap: list[int] = []
@@ -78,8 +76,9 @@ class Scheduler:
         self.work: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.limits.connections * 2)
 
     def reconfigure(self, cfg: Config) -> None:
-        if cfg.limits.rate != self.cfg.limits.rate:
-            self.limiter = AsyncLimiter(1, 1.0 / cfg.limits.rate)
+        old, new = self.cfg.limits, cfg.limits
+        if (new.rate, new.shared, new.fleet_size_hint) != (old.rate, old.shared, old.fleet_size_hint):
+            self.limiter = pacer.make(cfg)
         self.cfg = cfg
 
     # -- the index ------------------------------------------------------------

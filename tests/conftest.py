@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_env import AgentEnv
+from tests.support.redis_server import redis_server
 from tests.support.relay_standin import RelayStandin, relay_standin, relay_standin_factory
 
-__all__ = ["agent", "relay_standin", "relay_standin_factory"]
+__all__ = ["agent", "redis_server", "relay_standin", "relay_standin_factory"]
 
 
 @pytest.fixture
