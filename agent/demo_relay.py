@@ -1,35 +1,31 @@
 """A small smarthost stand-in for `relay-agent demo`: SMTP on 127.0.0.1, STARTTLS, AUTH.
 
 Runtime dependencies only (aiosmtpd, cryptography): the demo must work on an installed
-agent without the test extras. It runs its own event loop in a background thread so the
-demo's main thread can drive subprocesses and simply wait for messages.
+agent without the test extras. It runs on its own event loop in a background thread
+(smtpd_thread.py) so the demo's main thread can drive subprocesses and simply wait for messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
-import logging
 import os
 import ssl
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import Envelope, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.server_thread import ServerThread
+from agent.smtpd_thread import SmtpdThread, TlsSmtp, login_authenticator
+
 HOST = "127.0.0.1"
 SERVER_NAME = "relay.demo.invalid"
-
-# aiosmtpd logs every command at INFO and a notice at WARNING on each AUTH: not demo output.
-logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -114,99 +110,49 @@ def server_context(pki: Pki, directory: str) -> ssl.SSLContext:
     return ctx
 
 
-class _Smtp(SMTP):
-    @property
-    def is_tls(self) -> bool:
-        return self._tls_protocol is not None
-
-
-class DemoRelay:
+class DemoRelay(SmtpdThread[Received]):
     """STARTTLS required, AUTH only over TLS for one user, every accepted message recorded.
 
     Use as a context manager; `.port` and `.ca_file` are valid once started.
     """
 
     def __init__(self, directory: str, username: str, password: str) -> None:
+        super().__init__(ServerThread("demo-relay", self._protocol, HOST))
         self.username = username
-        self._password = password
         self.ca_file = os.path.join(directory, "demo-ca.pem")
-        self.port = 0
         self._dir = directory
-        self._cond = threading.Condition()
-        self._messages: list[Received] = []
         self._auth_failures = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._users = {username: password}
         self._tls: ssl.SSLContext | None = None
-
-    def __enter__(self) -> DemoRelay:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         pki = make_pki()
         with open(self.ca_file, "wb") as fh:
             fh.write(pki.ca_pem)
         self._tls = server_context(pki, self._dir)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="demo-relay", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        super().start()
 
     def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
-        self._loop = self._thread = None
+        self._net.stop(timeout=5)
 
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _protocol(self) -> _Smtp:
-        return _Smtp(
+    def _protocol(self) -> TlsSmtp:
+        return TlsSmtp(
             self,
             hostname=SERVER_NAME,
             tls_context=self._tls,
             require_starttls=True,
             auth_require_tls=True,
-            authenticator=self._authenticate,
+            authenticator=login_authenticator(self._users, on_failure=self._count_auth_failure),
             loop=asyncio.get_running_loop(),
         )
 
-    def _authenticate(
-        self, server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        if not isinstance(data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        user = data.login.decode("utf-8", "replace")
-        ok = user == self.username and data.password.decode("utf-8", "replace") == self._password
-        if not ok:
-            with self._cond:
-                self._auth_failures += 1
-        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+    def _count_auth_failure(self) -> None:
+        with self._cond:
+            self._auth_failures += 1
 
     # aiosmtpd handler hooks, called in the relay's thread.
     async def handle_MAIL(
-        self, server: _Smtp, session: Session, envelope: Envelope, address: str, options: list[str]
+        self, server: TlsSmtp, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         if not session.authenticated:
             return "530 5.7.0 Authentication required"
@@ -214,7 +160,7 @@ class DemoRelay:
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
 
-    async def handle_DATA(self, server: _Smtp, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: TlsSmtp, session: Session, envelope: Envelope) -> str:
         msg = Received(
             mail_from=envelope.mail_from or "",
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -223,24 +169,9 @@ class DemoRelay:
             auth_user=session.auth_data if session.authenticated else None,
             time=time.monotonic(),
         )
-        with self._cond:
-            self._messages.append(msg)
-            count = len(self._messages)
-            self._cond.notify_all()
-        return f"250 2.0.0 Ok: queued as DEMO{count:04d}"
-
-    @property
-    def messages(self) -> list[Received]:
-        with self._cond:
-            return list(self._messages)
+        return f"250 2.0.0 Ok: queued as DEMO{self._record(msg):04d}"
 
     @property
     def auth_failures(self) -> int:
         with self._cond:
             return self._auth_failures
-
-    def wait_for(self, n: int, timeout: float) -> list[Received]:
-        """At least n messages, or fewer if the timeout passes first (the caller reports it)."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self._messages) >= n, timeout)
-            return list(self._messages)

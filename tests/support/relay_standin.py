@@ -1,7 +1,8 @@
 """A local stand-in for the smarthost: real SMTP over TCP on 127.0.0.1, STARTTLS, AUTH, a test CA.
 
 Every end-to-end test talks to this instead of the Elastx relay. It runs aiosmtpd on its own
-event loop in its own thread, so sync tests, async tests and daemon subprocesses can all use it.
+event loop in its own thread (agent/smtpd_thread.py, shared with the demo's relay), so sync
+tests, async tests and daemon subprocesses can all use it.
 
 Basic use::
 
@@ -58,9 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -70,22 +69,20 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import Envelope, Session
 
-T = TypeVar("T")
+from agent.server_thread import ServerThread
+from agent.smtpd_thread import SmtpdThread, TlsSmtp, login_authenticator
 
 DEFAULT_USER = "user@example.com"
 DEFAULT_PASSWORD = "s3cret-Passw0rd"
 STAGES = ("ehlo", "mail", "rcpt", "data")
-
-# aiosmtpd logs every command at INFO and a deprecation notice at WARNING on each AUTH.
-logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ class _Pki:
         return ctx
 
 
-class _Smtp(SMTP):  # type: ignore[misc]
+class _Smtp(TlsSmtp):
     """aiosmtpd's server with our hooks: connection bookkeeping, AUTH counting, DSN parameters."""
 
     def __init__(self, standin: RelayStandin, connection_id: int, **kwargs: Any) -> None:
@@ -159,7 +156,7 @@ class _Smtp(SMTP):  # type: ignore[misc]
 
     @property
     def is_tls(self) -> bool:
-        return self._tls_protocol is not None or self.standin.tls_implicit
+        return super().is_tls or self.standin.tls_implicit
 
     async def smtp_AUTH(self, arg: str) -> None:
         self.standin._count_auth()
@@ -188,18 +185,7 @@ class _Smtp(SMTP):  # type: ignore[misc]
         return " ".join([head + sep, *kept]), params
 
 
-def _authenticator(users: dict[str, str]) -> Callable[..., AuthResult]:
-    def check(server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
-        if not isinstance(data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        user = data.login.decode("utf-8", "replace")
-        ok = users.get(user) == data.password.decode("utf-8", "replace")
-        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
-
-    return check
-
-
-class RelayStandin:
+class RelayStandin(SmtpdThread[Received]):
     """See the module docstring."""
 
     host = "127.0.0.1"
@@ -220,94 +206,50 @@ class RelayStandin:
         self.users = {DEFAULT_USER: DEFAULT_PASSWORD} if users is None else dict(users)
         self.starttls = starttls and not tls_implicit
         self.tls_implicit = tls_implicit
+        pki = _Pki.get()
+        self._tls_context = pki.server_context(bad_cert)
+        net = ServerThread(
+            "relay-standin",
+            self._make_protocol,
+            self.host,
+            port,
+            tls=self._tls_context if tls_implicit else None,
+            on_unlisten=self._cut_connections,
+        )
+        super().__init__(net)
         self.dsn = dsn
         self.smtputf8 = smtputf8
         self.pipelining = pipelining
-        self.port = port
         self.on_message = on_message
-        pki = _Pki.get()
-        self._tls_context = pki.server_context(bad_cert)
         self._dir = tempfile.mkdtemp(prefix="relay-standin-")
         self.ca_file = os.path.join(self._dir, "ca.pem")
         pki.ca.cert_pem.write_to_path(self.ca_file)
-        self._cond = threading.Condition()
-        self._messages: list[Received] = []
         self._mail_from_times: list[float] = []
         self._auth_attempts = 0
         self._connections = 0
         self._actions: dict[str, deque[_Action]] = {s: deque() for s in STAGES}
         self._rejects: dict[str, tuple[int, str]] = {}
         self._live: set[_Smtp] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
 
     # ----- lifecycle -----
 
-    def __enter__(self) -> RelayStandin:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="relay-standin", daemon=True)
-        self._thread.start()
-        self._call(self._listen())
-
     def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._shutdown())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._loop = self._thread = None
+        super().stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def down(self) -> None:
         """Stop listening and cut every open connection: the relay is unreachable."""
-        self._call(self._unlisten())
+        self._net.unlisten()
 
     def up(self) -> None:
         """Listen again, on the same port."""
-        if self._server is None:
-            self._call(self._listen())
+        self._net.listen()
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10) -> T:
-        assert self._loop is not None, "stand-in not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._make_protocol,
-            self.host,
-            self.port,
-            ssl=self._tls_context if self.tls_implicit else None,
-            reuse_address=True,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _unlisten(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    def _cut_connections(self) -> None:
         for proto in list(self._live):
             if proto.transport is not None:
                 proto.transport.abort()
         self._live.clear()
-        await asyncio.sleep(0)
-
-    async def _shutdown(self) -> None:
-        await self._unlisten()
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _make_protocol(self) -> _Smtp:
         with self._cond:
@@ -321,17 +263,12 @@ class RelayStandin:
             require_starttls=self.starttls,
             # Implicit TLS: the transport is already encrypted, which aiosmtpd does not see.
             auth_require_tls=not self.tls_implicit,
-            authenticator=_authenticator(self.users),
+            authenticator=login_authenticator(self.users),
             enable_SMTPUTF8=self.smtputf8,
             loop=asyncio.get_running_loop(),
         )
 
     # ----- recorded state -----
-
-    @property
-    def messages(self) -> list[Received]:
-        with self._cond:
-            return list(self._messages)
 
     @property
     def connections(self) -> int:
@@ -358,10 +295,10 @@ class RelayStandin:
 
     def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
         """Block until at least n messages are recorded; return them all (TimeoutError if not)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self._messages) >= n, timeout):
-                raise TimeoutError(f"relay stand-in got {len(self._messages)} of {n} messages in {timeout}s")
-            return list(self._messages)
+        messages = super().wait_for(n, timeout)
+        if len(messages) < n:
+            raise TimeoutError(f"relay stand-in got {len(messages)} of {n} messages in {timeout}s")
+        return messages
 
     def clear(self) -> None:
         """Forget recorded messages, times and counters (not behaviours)."""
@@ -495,23 +432,19 @@ class RelayStandin:
         override = await self._apply(server, "data")
         if override:
             return override
-        data = envelope.original_content or b""
-        with self._cond:
-            msg = Received(
-                mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
-                rcpt_tos=tuple(envelope.rcpt_tos),
-                data=data,
-                mail_options=tuple(envelope.mail_options),
-                rcpt_options=tuple(envelope.rcpt_options),
-                peer=tuple(session.peer or ("", 0)),  # type: ignore[arg-type]
-                connection_id=server.connection_id,
-                auth_user=session.auth_data if session.authenticated else None,
-                tls=server.is_tls,
-                time=time.monotonic(),
-            )
-            self._messages.append(msg)
-            count = len(self._messages)
-            self._cond.notify_all()
+        msg = Received(
+            mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            mail_options=tuple(envelope.mail_options),
+            rcpt_options=tuple(envelope.rcpt_options),
+            peer=tuple(session.peer or ("", 0)),  # type: ignore[arg-type]
+            connection_id=server.connection_id,
+            auth_user=session.auth_data if session.authenticated else None,
+            tls=server.is_tls,
+            time=time.monotonic(),
+        )
+        count = self._record(msg)
         if self.on_message is not None:
             self.on_message(msg)
         return f"250 2.0.0 Ok: queued as S{count:06d}"

@@ -1,0 +1,85 @@
+"""The files install writes from the source tree (systemd unit and snippets, sample config, digest)
+and removes on uninstall (those, and the stubs)."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+from agent.errors import AgentError
+from agent.install_layout import CONFIG, STUB_DIR, SYSUSERS, TMPFILES, UNIT, UNIT_EXEC, in_root
+from agent.install_steps import Step, noop
+
+
+def source_dir() -> Path:
+    """The checkout/sdist directory holding systemd/ and examples/ beside agent/."""
+    base = Path(__file__).resolve().parent.parent
+    if not (base / "systemd" / "relay-agent.service").is_file():
+        raise AgentError(f"cannot find systemd/relay-agent.service under {base}")
+    return base
+
+
+def render_unit(text: str, venv_bin: str) -> str:
+    return text.replace(UNIT_EXEC, os.path.join(venv_bin, "relay-agent"))
+
+
+def write_file(path: str, text: str, mode: int) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.relay-agent-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def file_steps(root: str, src: Path, venv_bin: str) -> list[Step]:
+    unit = render_unit((src / "systemd" / "relay-agent.service").read_text(encoding="utf-8"), venv_bin)
+    copies = [
+        (UNIT, unit, f" (ExecStart={venv_bin}/relay-agent run)"),
+        (SYSUSERS, (src / "systemd" / "relay-agent.sysusers").read_text(encoding="utf-8"), ""),
+        (TMPFILES, (src / "systemd" / "relay-agent.tmpfiles").read_text(encoding="utf-8"), ""),
+    ]
+    steps = [
+        Step(
+            f"file {in_root(root, path)} mode 0644{note}",
+            partial(write_file, in_root(root, path), text, 0o644),
+        )
+        for path, text, note in copies
+    ]
+    config = in_root(root, CONFIG)
+    if os.path.lexists(config):
+        steps.append(Step(f"keep existing config {config}", noop))
+    else:
+        sample = (src / "examples" / "config.toml").read_text(encoding="utf-8")
+        # 0644: sendmail reads it as the submitting user; it never holds the password.
+        steps.append(Step(f"sample config {config} (edit it)", lambda: write_file(config, sample, 0o644)))
+    steps.append(Step(f"sendmail's config digest beside {config}", partial(write_digest, config)))
+    return steps
+
+
+def write_digest(config_path: str) -> str:
+    """Best effort: without a fresh digest sendmail still works, only slower."""
+    from agent import config, digest
+
+    try:
+        cfg = config.load(config_path)
+    except AgentError as exc:
+        return f"not written, the config needs fixing first: {exc.message}"
+    return "" if digest.write(cfg) else "not written (sendmail parses the TOML until then)"
+
+
+def removal_steps(root: str) -> list[Step]:
+    paths = (f"{STUB_DIR}/sendmail", f"{STUB_DIR}/mailq", STUB_DIR, UNIT, SYSUSERS, TMPFILES)
+    return [
+        Step(f"remove {in_root(root, path)}", partial(remove, in_root(root, path)))
+        for path in paths
+        if os.path.lexists(in_root(root, path))
+    ]
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.rmdir(path)  # the stub dir, emptied by the steps before
+    else:
+        os.unlink(path)

@@ -1,0 +1,44 @@
+"""Writing the `#!python -SE` stubs (agent/stub.py renders them) that /usr/sbin/sendmail and mailq run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import partial
+
+from agent.errors import AgentError
+from agent.install_files import write_file
+from agent.install_layout import STUB_DIR, in_root
+from agent.install_steps import Step
+
+ENTRIES = ("sendmail", "mailq")
+
+
+def stub_steps(root: str, venv_bin: str) -> list[Step]:
+    return [
+        Step(
+            f"stub {in_root(root, f'{STUB_DIR}/{entry}')} mode 0755 (runs {venv_bin}/python -S -E)",
+            partial(write_stub, root, entry, venv_bin),
+        )
+        for entry in ENTRIES
+    ]
+
+
+def stub_dirs(venv_bin: str) -> list[str]:
+    """sys.path the stubs need under `python -S`: the venv's site-packages and agent's parent."""
+    code = "from agent import stub; print(*stub.default_site_dirs(), sep='\\n')"
+    python = os.path.join(venv_bin, "python")
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AgentError(f"{python} cannot import agent: {proc.stderr.strip().splitlines()[-1:]}")
+    return list(dict.fromkeys(p for p in proc.stdout.splitlines() if p))
+
+
+def write_stub(root: str, entry: str, venv_bin: str) -> None:
+    try:
+        from agent import stub
+    except ImportError as exc:
+        raise AgentError(f"cannot render the {entry} stub: {exc}") from None
+
+    text = stub.render(entry, os.path.join(venv_bin, "python"), stub_dirs(venv_bin))
+    write_file(in_root(root, f"{STUB_DIR}/{entry}"), text, 0o755)
