@@ -50,14 +50,46 @@ def _show(text: str) -> str:
 def _chunks(text: str) -> list[str]:
     """Split at top-level commas; group names (`name:`) and `;` are separators too."""
     chunks: list[str] = []
-    buf: list[str] = []
+    begin = angle = 0
+    marks, closed = _top_level(text, "<>,;:", escape_anywhere=False)
+    for n in marks:
+        c = text[n]
+        if c == "<":
+            angle += 1
+        elif c == ">":
+            angle -= 1
+            if angle < 0:
+                raise MessageError(f"address {_show(text)}: unbalanced >")
+        elif angle:
+            continue
+        elif c == ":":
+            begin = n + 1  # a group's display name
+        else:
+            chunks.append(text[begin:n])
+            begin = n + 1
+    if not closed or angle:
+        raise MessageError(f"address {_show(text)}: unbalanced quote, comment or <")
+    chunks.append(text[begin:])
+    return chunks
+
+
+def _top_level(text: str, stops: str, escape_anywhere: bool) -> tuple[list[int], bool]:
+    """Positions of `stops` characters outside quoted strings and (comments), and
+    whether every quote, comment and escape was closed.
+
+    A backslash escapes inside quotes and comments, and outside them only with
+    escape_anywhere: the list splitter takes a bare one literally, _mailbox does
+    not, and each rule decides what its caller accepts, so both are kept.
+    """
+    if '"' not in text and "(" not in text and "\\" not in text:  # the usual address: no state to track
+        return [n for n, c in enumerate(text) if c in stops], True
+    marks: list[int] = []
     quoted = escaped = False
-    depth = angle = 0
-    for c in text:
-        buf.append(c)
+    depth = 0
+    for n, c in enumerate(text):
         if escaped:
             escaped = False
-        elif c == "\\" and (quoted or depth):
+        elif c == "\\" and (escape_anywhere or quoted or depth):
             escaped = True
         elif quoted:
             quoted = c != '"'
@@ -67,28 +99,17 @@ def _chunks(text: str) -> list[str]:
             quoted = True
         elif c == "(":
             depth = 1
-        elif c == "<":
-            angle += 1
-        elif c == ">":
-            angle -= 1
-            if angle < 0:
-                raise MessageError(f"address {_show(text)}: unbalanced >")
-        elif not angle and c in ",;":
-            chunks.append("".join(buf[:-1]))
-            buf = []
-        elif not angle and c == ":":
-            buf = []  # a group's display name
-    if quoted or depth or angle or escaped:
-        raise MessageError(f"address {_show(text)}: unbalanced quote, comment or <")
-    chunks.append("".join(buf))
-    return chunks
+        elif c in stops:
+            marks.append(n)
+    return marks, not (quoted or depth or escaped)
 
 
 def _mailbox(chunk: str) -> str:
     """`Name <a@b>`, `a@b (comment)` or `"quoted local"@b` -> the addr-spec."""
-    start = _find_unquoted(chunk, "<")
+    marks = _top_level(chunk, "<>", escape_anywhere=True)[0]
+    start = next((n for n in marks if chunk[n] == "<"), -1)
     if start >= 0:
-        end = _find_unquoted(chunk, ">", start)
+        end = next((n for n in marks if n > start and chunk[n] == ">"), -1)
         if end < 0 or (chunk[end + 1 :].strip(" \t") and _strip_comments(chunk[end + 1 :]).strip()):
             raise MessageError(f"address {_show(chunk)}: text after >")
         spec = chunk[start + 1 : end]
@@ -97,28 +118,6 @@ def _mailbox(chunk: str) -> str:
     else:
         spec = chunk
     return _addr_spec(_strip_comments(spec), chunk)
-
-
-def _find_unquoted(text: str, target: str, start: int = 0) -> int:
-    quoted = escaped = False
-    depth = 0
-    for n in range(start, len(text)):
-        c = text[n]
-        if escaped:
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif quoted:
-            quoted = c != '"'
-        elif depth:
-            depth += {"(": 1, ")": -1}.get(c, 0)
-        elif c == '"':
-            quoted = True
-        elif c == "(":
-            depth = 1
-        elif c == target:
-            return n
-    return -1
 
 
 def _strip_comments(text: str) -> str:
