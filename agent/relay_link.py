@@ -1,0 +1,76 @@
+"""The state of one relay connection, and the one place its failures become RelayError.
+
+After any failure the connection is never reused: it is marked unusable and its transports are
+aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+
+from agent.config import RelayConfig
+from agent.relay_errors import RelayError, describe, is_tls_error, redact
+from agent.relay_results import reply_text
+from agent.smtp_pipeline import Replies
+
+
+class RelayLink:
+    def __init__(self, cfg: RelayConfig, password: str | None) -> None:
+        self.cfg = cfg
+        self.password = password
+        self.smtp: aiosmtplib.SMTP | None = None
+        self.usable = False
+        self.replies: Replies | None = None  # set when the relay offers PIPELINING
+        self.relay = f"{cfg.host}:{cfg.port}"
+        self.tls_version: str | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+
+    @contextlib.asynccontextmanager
+    async def stage(self, stage: str) -> AsyncIterator[None]:
+        """Translate every transport/protocol failure into RelayError, in this one place."""
+        try:
+            yield
+        except (RelayError, asyncio.CancelledError):
+            # Cancelled mid-command (shutdown): the protocol state is unknown, never reuse it.
+            self.fail()
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            self.fail()
+            if stage == "connect" and self.cfg.tls == "implicit" and is_tls_error(exc):
+                stage = "tls"
+            raise RelayError(stage, redact(describe(exc), self.password), self.relay) from None
+
+    def error(self, stage: str, reply: str) -> RelayError:
+        self.fail()
+        return RelayError(stage, redact(reply, self.password), self.relay)
+
+    def check_421(self, stage: str, resp: SMTPResponse) -> SMTPResponse:
+        if resp.code == 421:
+            raise self.error(stage, reply_text(resp.code, resp.message))
+        return resp
+
+    def fail(self) -> None:
+        self.usable = False
+        if self.smtp is not None:
+            self.remember_transport()
+            self.smtp.close()
+        self.abort()
+
+    def remember_transport(self) -> None:
+        # aiosmtplib drops its reference when it closes on its own (timeout, 421, lost link), so we
+        # keep ours, raw socket and TLS layer both, to abort them ourselves.
+        if self.smtp is not None and self.smtp.transport is not None:
+            self._transports.append(self.smtp.transport)
+
+    def abort(self) -> None:
+        # abort, not close: a graceful TLS shutdown waits for the peer and can outlive the event
+        # loop, leaking the socket; after an error or QUIT there is nothing left to say.
+        for transport in self._transports:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+        self._transports.clear()

@@ -1,0 +1,45 @@
+"""A transaction sent one command at a time, for relays that do not offer PIPELINING."""
+
+from __future__ import annotations
+
+import aiosmtplib
+from aiosmtplib.response import SMTPResponse
+
+from agent.relay_commands import Transaction
+from agent.relay_link import RelayLink
+from agent.relay_results import RcptResult, final_results, rcpt_results, refuse_all
+
+
+async def send_plain(link: RelayLink, smtp: aiosmtplib.SMTP, tx: Transaction) -> list[RcptResult]:
+    async with link.stage("mail"):
+        resp = await smtp.execute_command(*tx.mail_args())
+    if link.check_421("mail", resp).code != 250:
+        return refuse_all(resp, tx.recipients)
+    results, accepted = await _rcpts(link, smtp, tx)
+    if not accepted:
+        async with link.stage("rset"):
+            await smtp.execute_command(b"RSET")
+        return results
+    return results + await _data(link, smtp, tx.message, accepted)
+
+
+async def _rcpts(
+    link: RelayLink, smtp: aiosmtplib.SMTP, tx: Transaction
+) -> tuple[list[RcptResult], list[str]]:
+    replies: list[SMTPResponse] = []
+    for rcpt in tx.recipients:
+        async with link.stage("rcpt"):
+            resp = await smtp.execute_command(*tx.rcpt_args(rcpt))
+        replies.append(link.check_421("rcpt", resp))
+    return rcpt_results(tx.recipients, replies)
+
+
+async def _data(
+    link: RelayLink, smtp: aiosmtplib.SMTP, message: bytes, accepted: list[str]
+) -> list[RcptResult]:
+    async with link.stage("data"):
+        try:
+            resp = await smtp.data(message, timeout=link.cfg.data_timeout)
+        except aiosmtplib.SMTPDataError as exc:  # a reply, not a connection failure
+            resp = SMTPResponse(exc.code, exc.message)
+    return final_results(link.check_421("data", resp), accepted)
