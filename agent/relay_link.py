@@ -45,6 +45,14 @@ class RelayLink:
                 stage = "tls"
             raise RelayError(stage, redact(describe(exc), self.password), self.relay) from None
 
+    def write(self, data: bytes) -> None:
+        """Send on the connection (inside a stage). The relay may have closed it together with its
+        last reply: that is a disconnection like any other, not an AttributeError."""
+        smtp = self.smtp
+        if smtp is None or smtp.protocol is None or smtp.transport is None or smtp.transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection closed by the relay")
+        smtp.protocol.write(data)
+
     def error(self, stage: str, reply: str) -> RelayError:
         self.fail()
         return RelayError(stage, redact(reply, self.password), self.relay)

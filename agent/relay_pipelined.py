@@ -46,10 +46,8 @@ async def _batch_replies(
 ) -> tuple[SMTPResponse, list[SMTPResponse], SMTPResponse]:
     """MAIL's, each RCPT's and DATA's reply."""
     timeout = link.cfg.timeout
-    smtp = link.smtp
-    assert smtp is not None and smtp.protocol is not None
     async with link.stage("mail"):
-        smtp.protocol.write(batch)
+        link.write(batch)
         mail = link.check_421("mail", await replies.read(timeout))
     rcpts = []
     async with link.stage("rcpt"):
@@ -61,10 +59,8 @@ async def _batch_replies(
 
 
 async def _body(link: RelayLink, replies: Replies, message: bytes, accepted: list[str]) -> list[RcptResult]:
-    smtp = link.smtp
-    assert smtp is not None and smtp.protocol is not None
     async with link.stage("data"):
-        smtp.protocol.write(dot_stuff(message))
+        link.write(dot_stuff(message))
         resp = link.check_421("data", await replies.read(link.cfg.data_timeout))
     return final_results(resp, accepted)
 
@@ -72,12 +68,10 @@ async def _body(link: RelayLink, replies: Replies, message: bytes, accepted: lis
 async def _abandon(link: RelayLink, replies: Replies, in_data: bool) -> None:
     """No recipient was accepted: end a DATA the relay opened anyway (an empty message it must
     refuse for lack of recipients), then RSET so the connection is ready for the next one."""
-    smtp = link.smtp
-    assert smtp is not None and smtp.protocol is not None
     if in_data:
         async with link.stage("data"):
-            smtp.protocol.write(b".\r\n")
+            link.write(b".\r\n")
             link.check_421("data", await replies.read(link.cfg.data_timeout))
     async with link.stage("rset"):
-        smtp.protocol.write(b"RSET\r\n")
+        link.write(b"RSET\r\n")
         link.check_421("rset", await replies.read(link.cfg.timeout))

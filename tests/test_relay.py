@@ -508,3 +508,18 @@ async def test_reply_parser_errors() -> None:
     quiet.connection_lost(None)
     with pytest.raises(aiosmtplib.SMTPServerDisconnected):
         await quiet.read(1)
+
+
+async def test_writing_after_the_relay_closed_is_a_relay_error_in_that_stage(
+    relay_standin: RelayStandin,
+) -> None:
+    """The relay may close the connection together with its last reply (before our RSET, say):
+    the next write must fail as a RelayError of its stage, never as an AttributeError."""
+    from agent.relay_link import RelayLink
+
+    link = RelayLink(RelayConfig(host="127.0.0.1", port=relay_standin.port), None)
+    link.smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_standin.port)  # never connected
+    with pytest.raises(RelayError) as info:
+        async with link.stage("rset"):
+            link.write(b"RSET\r\n")
+    assert info.value.stage == "rset" and "closed" in info.value.reply and not link.usable
