@@ -7,20 +7,18 @@ means DNS could not be asked at all, which is DnsError (exit 2).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
 
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from agent.dnsresult import Lookup
 from agent.errors import AgentError, ConfigError
 
 # A dead nameserver must give exit 2 quickly, not after dnspython's 5 s default.
 LIFETIME = 3.0
 ATTEMPT_TIMEOUT = 1.5
-
-Lookup = Callable[[str], list[str]]
 
 
 class DnsError(AgentError):
