@@ -24,6 +24,8 @@ class AgentError(Exception):
     smtp_status = "4.3.0"
 
     def __init__(self, message: str) -> None:
+        if not message.isprintable():  # user input quoted in it: still one line, no terminal codes
+            message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         super().__init__(message)
         self.message = message
 

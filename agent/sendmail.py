@@ -126,6 +126,10 @@ def local_sender(rt: Runtime, addr: str) -> str:
 
 def envelope_sender(rt: Runtime, raw: str | None) -> str:
     """-f/-r (or MAIL FROM) value, else the login name; local senders rewritten."""
+    if raw is None and rt.rewrite_local and rt.default_from:
+        # the login name, a bare local name, would become default_from: skip the passwd
+        # lookup (NSS: nscd's socket, nsswitch.conf, /etc/passwd), ~0.4 ms per message
+        return rt.default_from
     return local_sender(rt, login_name() if raw is None else addressing.parse_sender(raw))
 
 
