@@ -4,8 +4,9 @@
    the relay stand-in sees, (n - 1) / (t_last - t_first) over its MAIL FROM timestamps, and the
    relay connections used. Budget: within 2 % of 10 msg/s, over few connections.
 2. limit lifted (rate = 100000): 1,000 messages submitted over the daemon's Unix socket (smtplib
-   over AF_UNIX, several messages per connection) until the upstream holds them all; three runs,
-   the median reported. Budget: >= 300 msg/s end to end. Upstream: bench/tls_sink.py (STARTTLS,
+   over AF_UNIX from 8 threads in parallel, 50 messages per session) until the upstream holds
+   them all; three runs, the median reported (4 sessions reported beside it).
+   Budget: >= 300 msg/s end to end. Upstream: bench/tls_sink.py (STARTTLS,
    AUTH, whole-buffer reads), because on 2 cores the aiosmtpd stand-in's own ~1.2 ms of CPU per
    message comes out of the agent's share, while in production the relay is another machine;
    the same run against the aiosmtpd stand-in is reported beside it.
@@ -273,37 +274,56 @@ def _lifted_once(count: int, tmp: Path, conns: int, per_conn: int, upstream: str
 
 
 def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int, runs: int = 3) -> list[common.Row]:
-    """The limit lifted, `runs` times per upstream (passes differ by 20 % here): the median run.
+    """The limit lifted, `runs` times per variant (the same run differs by up to 2x here as the
+    host's load changes): the median run, every run's rate in the note.
 
-    Two upstreams: bench/tls_sink.py (the budget's figure: in production the relay is another
-    machine, so its CPU should not come out of the agent's two cores) and, for comparison,
-    the aiosmtpd relay stand-in the tests use (about 1.2 ms of CPU per message on the same cores).
+    The budget's figure: `conns` parallel socket sessions (an app server submitting 300 msg/s has
+    many clients at once: PHP-FPM workers, cron jobs) into bench/tls_sink.py (in production the
+    relay is another machine, so its CPU should not come out of the agent's two cores). For
+    comparison: 4 sessions, and the aiosmtpd relay stand-in the tests use (~1.2 ms of CPU per
+    message on the same two cores).
     """
+    sink, standin = "lean TLS sink (bench/tls_sink.py)", "aiosmtpd stand-in"
     rows = []
-    for upstream, label in (("sink", "lean TLS sink (bench/tls_sink.py)"), ("standin", "aiosmtpd stand-in")):
+    for upstream, label, sessions, budget in (
+        ("sink", sink, conns, True),
+        ("sink", sink, 4, False),
+        ("standin", standin, conns, False),
+    ):
+        if sessions == conns and not budget and upstream == "sink":
+            continue
         results = [
-            _lifted_once(count, tmp / f"{upstream}{i}", conns, per_conn, upstream) for i in range(runs)
+            _lifted_once(count, tmp / f"{upstream}{sessions}-{i}", sessions, per_conn, upstream)
+            for i in range(runs)
         ]
-        results.sort(key=lambda r: r["rate"])
-        mid = results[len(results) // 2]
-        complete = all(r["arrived"] >= count for r in results)
-        spread = ", ".join(f"{r['rate']:.0f}" for r in results)
-        note = (
-            f"runs {spread} msg/s; daemon CPU {mid['daemon_cpu_ms']:.2f} ms/msg"
-            + (f", upstream {mid['upstream_cpu_ms']:.2f} ms/msg" if mid["upstream_cpu_ms"] else "")
-            + f"; {mid['sessions']} socket sessions, {conns} in parallel, {mid['error_count']} refused"
-            + ("" if complete else f"; only {mid['arrived']}/{count} arrived")
-        )
-        budget = ">= 300 msg/s" if upstream == "sink" else ""
-        ok = (mid["rate"] >= LIFTED_BUDGET and complete) if upstream == "sink" else None
-        rows += [
-            common.row(
-                f"end to end, limit lifted, Unix socket -> {label}", mid["rate"], "msg/s", budget, ok, note
-            ),
-            common.row(f"submission alone (250 after DATA), {label}", mid["submit_rate"], "msg/s"),
-            common.row(f"relay connections used, limit lifted, {label}", mid["connections"], "", "few"),
-        ]
+        rows += _lifted_rows(results, count, f"{label}, {sessions} sessions", budget)
     return rows
+
+
+def _lifted_rows(results: list[dict[str, Any]], count: int, label: str, budget: bool) -> list[common.Row]:
+    results.sort(key=lambda r: r["rate"])
+    mid = results[len(results) // 2]
+    complete = all(r["arrived"] >= count for r in results)
+    note = (
+        f"runs {', '.join(format(r['rate'], '.0f') for r in results)} msg/s;"
+        f" daemon CPU {mid['daemon_cpu_ms']:.2f} ms/msg"
+        + (f", upstream {mid['upstream_cpu_ms']:.2f} ms/msg" if mid["upstream_cpu_ms"] else "")
+        + f"; {mid['sessions']} socket sessions, {mid['error_count']} refused"
+        + ("" if complete else f"; only {mid['arrived']}/{count} arrived")
+    )
+    ok = (mid["rate"] >= LIFTED_BUDGET and complete) if budget else None
+    return [
+        common.row(
+            f"end to end, limit lifted, socket -> {label}",
+            mid["rate"],
+            "msg/s",
+            ">= 300 msg/s" if budget else "",
+            ok,
+            note,
+        ),
+        common.row(f"submission alone (250 after DATA), {label}", mid["submit_rate"], "msg/s"),
+        common.row(f"relay connections used, limit lifted, {label}", mid["connections"], "", "few"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=10.0)
-    ap.add_argument("--conns", type=int, default=4, help="parallel socket sessions")
+    ap.add_argument("--conns", type=int, default=8, help="parallel socket sessions")
     ap.add_argument("--per-conn", type=int, default=50, help="messages per socket session")
     ap.add_argument("--quick", action="store_true", help="30 messages, for a smoke test")
     ap.add_argument("--json", help="write the results here")

@@ -29,7 +29,7 @@ SCRIPTS = {
 }
 TITLES = {
     "sendmail": "sendmail -t -i latency, relay-agent and peers (one run)",
-    "delivery": "Delivery rate (TLS upstreams: bench/tls_sink.py and the aiosmtpd relay stand-in, not smtp-sink)",
+    "delivery": "Delivery rate (TLS upstreams: bench/tls_sink.py, the aiosmtpd stand-in; not smtp-sink)",
     "queue": "Daemon with a big queue",
     "dkim": "DKIM signing",
 }
