@@ -57,6 +57,22 @@ def make(cfg: Config) -> Pacer:
     return SharedPacer(cfg.limits.shared, cfg.limits.rate, cfg.limits.fleet_size_hint, fleet_key(cfg))
 
 
+def settings(cfg: Config) -> tuple[object, ...]:
+    """What a pacer is made from: a reload that changes none of it keeps the pacer (and its pace)."""
+    return (cfg.limits.rate, cfg.limits.shared, cfg.limits.fleet_size_hint, fleet_key(cfg))
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def retire(old: Pacer) -> None:
+    """A reload replaced `old`: close its Redis connections (on the running loop)."""
+    if isinstance(old, SharedPacer):
+        task = asyncio.get_running_loop().create_task(old.client.aclose())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
 def fleet_key(cfg: Config) -> str:
     """One key per relay account: the limit Elastx enforces is the account's."""
     return f"relay-agent:rate:{cfg.relay.username or '-'}@{cfg.relay.host}:{cfg.relay.port}"

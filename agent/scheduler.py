@@ -76,8 +76,8 @@ class Scheduler:
         self.work: asyncio.Queue[str] = asyncio.Queue(maxsize=cfg.limits.connections * 2)
 
     def reconfigure(self, cfg: Config) -> None:
-        old, new = self.cfg.limits, cfg.limits
-        if (new.rate, new.shared, new.fleet_size_hint) != (old.rate, old.shared, old.fleet_size_hint):
+        if pacer.settings(cfg) != pacer.settings(self.cfg):
+            pacer.retire(self.limiter)
             self.limiter = pacer.make(cfg)
         self.cfg = cfg
 

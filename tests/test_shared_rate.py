@@ -4,13 +4,14 @@ falls back to rate / fleet_size_hint. Rates are measured at the relay stand-in."
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from agent import envelope
 from agent.queue import Queue
-from tests.support.agent_env import AgentEnv
+from tests.support.agent_env import AgentEnv, wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.relay_standin import RelayStandin
 
@@ -107,3 +108,22 @@ def test_pacer_import_stays_out_of_agents_that_do_not_share(tmp_path: Path) -> N
     )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True)
     assert json.loads(out.stdout) == ["AsyncLimiter", False], out.stderr
+
+
+def test_sighup_switches_to_the_shared_rate(tmp_path: Path, relay_standin: RelayStandin) -> None:
+    env = AgentEnv(tmp_path, relay_standin, rate=40.0)
+    env.start()
+    try:
+        env.sections["limits"].update(shared=f"redis://127.0.0.1:{free_port()}/0", fleet_size_hint=2)
+        env.write_config()
+        assert env.proc is not None
+        env.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded config" in env.log())
+        _fill(env, 40, "hup")
+        assert env.cli("queue", "flush").returncode == 0
+        relay_standin.wait_for(40, timeout=30)
+    finally:
+        env.stop()
+    # Redis is unreachable, so the reloaded agent paces at 40 / 2, not at its old local 40
+    assert abs(_rate(relay_standin.mail_from_times) - 20.0) <= 2.0, _rate(relay_standin.mail_from_times)
+    assert env.log().count("unreachable") == 1
