@@ -13,7 +13,7 @@ import pwd
 import sys
 import time
 
-from agent import addressing, digest, headers, maildrop_write, smtp_client_lite
+from agent import addressing, digest, headers, smtp_client_lite
 from agent.config_path import find_path
 from agent.dkim_policy import signing_domain, unsigned_refusal
 from agent.errors import EX_TEMPFAIL, AgentError, MessageError, PolicyError, TempError, TooBigError
@@ -160,6 +160,8 @@ def deliver(
         smtp_client_lite.submit(rt.socket, rt.hostname, sender, rcpts, message, dsn)
         return "daemon"
     except smtp_client_lite.Unavailable:
+        from agent import maildrop_write  # only with the daemon down: one import less per message
+
         maildrop_write.write(rt.maildrop, rt.min_free, sender, rcpts, message, dsn)
         return "maildrop"
 
