@@ -52,6 +52,8 @@ class Sink(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        if self.upgrade is not None and not self.upgrade.done():
+            return  # the client's first TLS bytes, before start_tls has handed us the TLS transport
         out: list[bytes] = []
         while True:
             if self.in_data:
@@ -92,6 +94,8 @@ class Sink(asyncio.Protocol):
             return EHLO_TLS if self.tls else EHLO_PLAIN
         if verb == b"STAR":
             assert self.transport is not None
+            # no more plain reads: the ClientHello must reach the TLS layer, not this parser
+            self.transport.pause_reading()
             self.transport.write(b"220 2.0.0 go ahead\r\n")
             self.upgrade = asyncio.ensure_future(self._starttls())
             return None
@@ -120,9 +124,10 @@ class Sink(asyncio.Protocol):
     async def _starttls(self) -> None:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
+        self.tls, self.buf = True, b""
         self.transport = await loop.start_tls(self.transport, self, self.ctx, server_side=True)  # type: ignore[assignment]
-        self.tls = True
-        self.buf = b""
+        self.upgrade = None
+        self.data_received(b"")  # what arrived during the handshake
 
 
 async def main(cert: str, user: str, password: str) -> None:
