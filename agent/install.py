@@ -13,7 +13,7 @@ another MTA owns is put aside, never overwritten) and `install_systemd`.
 from __future__ import annotations
 
 from agent.install_aside import dpkg_available
-from agent.install_files import file_steps, removal_steps, render_unit, source_dir
+from agent.install_files import file_steps, removal_steps, render_unit
 from agent.install_layout import HOME, MAILDROP, QUEUE, UNIT_EXEC, USER
 from agent.install_links import link_steps, unlink_steps
 from agent.install_manifest import manifest_removal_steps
@@ -41,9 +41,8 @@ __all__ = [
 
 def plan(root: str, venv_bin: str, dpkg: bool) -> list[Step]:
     """Every step of an install into `root` ("/" for this host), looking only."""
-    src = source_dir()
     steps = [user_step(root), *dir_steps(root)]
-    steps += file_steps(root, src, venv_bin)
+    steps += file_steps(root, venv_bin)
     steps += stub_steps(root, venv_bin)
     steps += link_steps(root, dpkg)
     steps += activation_steps(root, install=True)

@@ -1,5 +1,10 @@
-"""The files install writes from the source tree (systemd unit and snippets, sample config, digest)
-and removes on uninstall (those, and the stubs)."""
+"""The files install writes (systemd unit and snippets, sample config, digest) and removes on
+uninstall (those, and the stubs).
+
+They live in the repository's systemd/ and examples/; a wheel carries them as agent/_systemd and
+agent/_examples (pyproject maps those packages onto the same directories), so `install` works
+from a checkout, an editable install and a wheel alike.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from agent.install_layout import CONFIG, STUB_DIR, SYSUSERS, TMPFILES, UNIT, UNI
 from agent.install_steps import Step, noop
 
 
-def source_dir() -> Path:
-    """The checkout/sdist directory holding systemd/ and examples/ beside agent/."""
-    base = Path(__file__).resolve().parent.parent
-    if not (base / "systemd" / "relay-agent.service").is_file():
-        raise AgentError(f"cannot find systemd/relay-agent.service under {base}")
-    return base
+def shipped(rel: str) -> str:
+    """The text of a shipped file, e.g. "systemd/relay-agent.service"."""
+    here = Path(__file__).resolve().parent
+    top, _, name = rel.partition("/")
+    for path in (here.parent / rel, here / f"_{top}" / name):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise AgentError(f"cannot find {rel}: neither beside agent/ nor inside the installed package")
 
 
 def render_unit(text: str, venv_bin: str) -> str:
@@ -33,12 +40,12 @@ def write_file(path: str, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def file_steps(root: str, src: Path, venv_bin: str) -> list[Step]:
-    unit = render_unit((src / "systemd" / "relay-agent.service").read_text(encoding="utf-8"), venv_bin)
+def file_steps(root: str, venv_bin: str) -> list[Step]:
+    unit = render_unit(shipped("systemd/relay-agent.service"), venv_bin)
     copies = [
         (UNIT, unit, f" (ExecStart={venv_bin}/relay-agent run)"),
-        (SYSUSERS, (src / "systemd" / "relay-agent.sysusers").read_text(encoding="utf-8"), ""),
-        (TMPFILES, (src / "systemd" / "relay-agent.tmpfiles").read_text(encoding="utf-8"), ""),
+        (SYSUSERS, shipped("systemd/relay-agent.sysusers"), ""),
+        (TMPFILES, shipped("systemd/relay-agent.tmpfiles"), ""),
     ]
     steps = [
         Step(
@@ -51,7 +58,7 @@ def file_steps(root: str, src: Path, venv_bin: str) -> list[Step]:
     if os.path.lexists(config):
         steps.append(Step(f"keep existing config {config}", noop))
     else:
-        sample = (src / "examples" / "config.toml").read_text(encoding="utf-8")
+        sample = shipped("examples/config.toml")
         # 0644: sendmail reads it as the submitting user; it never holds the password.
         steps.append(Step(f"sample config {config} (edit it)", lambda: write_file(config, sample, 0o644)))
     steps.append(Step(f"sendmail's config digest beside {config}", partial(write_digest, config)))

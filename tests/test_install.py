@@ -266,3 +266,45 @@ def test_plan_is_pure(target: Path) -> None:
     out: list[str] = []
     install.execute(steps, dry_run=True, out=out.append)
     assert tree(target) == before and len(out) == len(steps)
+
+
+def test_a_wheel_carries_what_install_writes(tmp_path: Path) -> None:
+    """`pip install relay-agent` (no checkout) must still be able to `relay-agent install`."""
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("relay_agent-*.whl")
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    for rel in ("systemd/relay-agent.service", "systemd/relay-agent.sysusers", "examples/config.toml"):
+        code = (
+            f"import agent; assert agent.__file__.startswith({str(unpacked)!r}), agent.__file__; "
+            f"from agent.install_files import shipped; print(shipped({rel!r}), end='')"
+        )
+        got = subprocess.run(
+            [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {code}"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == (repo / rel).read_text(encoding="utf-8")
