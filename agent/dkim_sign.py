@@ -123,7 +123,7 @@ class Draft:
     """A DKIM-Signature whose header hash is done but whose private-key step is not.
 
     The split lets the daemon hash on its event loop and run `header()` (RSA,
-    which releases the GIL) on its disk thread, beside the loop.
+    which releases the GIL) on its commit thread, beside the loop.
     """
 
     key: SigningKey
