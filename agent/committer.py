@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from agent.cleanup import Prepared
 from agent.errors import TempError
@@ -20,8 +21,12 @@ MAX_BATCH = 64
 
 
 class Committer:
-    def __init__(self, queue: Queue) -> None:
+    """`on_entered(qid)` runs on the event loop for every message written, also when the session
+    that handed it over has gone meanwhile: the message is on disk, so it must be delivered."""
+
+    def __init__(self, queue: Queue, on_entered: Callable[[str], None] = lambda qid: None) -> None:
         self.queue = queue
+        self.on_entered = on_entered
         self._jobs: deque[tuple[Prepared, asyncio.Future[str]]] = deque()
         self._wake = threading.Condition()
         self._closing = False
@@ -53,7 +58,7 @@ class Committer:
                 if not self._jobs:
                     return
                 batch = [self._jobs.popleft() for _ in range(min(len(self._jobs), MAX_BATCH))]
-            _finish(batch, self._run(batch))
+            _finish(batch, self._run(batch), self.on_entered)
 
     def _run(self, batch: list[tuple[Prepared, asyncio.Future[str]]]) -> list[str | BaseException]:
         items = []
@@ -70,13 +75,19 @@ class Committer:
         return [errors[i] if i in errors else next(entered) for i in range(len(batch))]
 
 
-def _finish(batch: list[tuple[Prepared, asyncio.Future[str]]], results: list[str | BaseException]) -> None:
+def _finish(
+    batch: list[tuple[Prepared, asyncio.Future[str]]],
+    results: list[str | BaseException],
+    on_entered: Callable[[str], None],
+) -> None:
     """Hand the results to the event loop in one wake-up for the whole batch."""
 
     def resolve() -> None:
         for (_, future), result in zip(batch, results, strict=True):
+            if not isinstance(result, BaseException):
+                on_entered(result)
             if future.done():
-                continue  # the SMTP session went away meanwhile
+                continue  # the SMTP session went away meanwhile (no 250 was sent)
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:

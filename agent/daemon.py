@@ -75,7 +75,7 @@ class Daemon:
         self.counters = Counters()
         self._password = credentials.get_password(cfg)
         self.disk = DiskThread()
-        self.committer = Committer(self.queue)
+        self.committer = Committer(self.queue, self._queued)  # counted and scheduled once on disk
         self.scheduler = Scheduler(
             cfg, self.queue, self.cleanup, self.password, self.counters, self.disk, self.committer.commit
         )
@@ -111,7 +111,7 @@ class Daemon:
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         lc = self.cfg.listen
-        handler = Handler(self.cleanup, self._queued, self.scheduler.flush, "local", self.committer.commit)
+        handler = Handler(self.cleanup, self.scheduler.flush, "local", self.committer.commit)
         make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
@@ -124,7 +124,7 @@ class Daemon:
             self.servers.append(srv)
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
-            tcp = Handler(self.cleanup, self._queued, self.scheduler.flush, "loopback", self.committer.commit)
+            tcp = Handler(self.cleanup, self.scheduler.flush, "loopback", self.committer.commit)
             make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
 

@@ -381,8 +381,6 @@ class Scheduler:
             bqid = ""
         if bqid:
             log.info("%s: sender non-delivery notification: %s", qid, bqid)
-            self.counters.bump("queued")
-            self.add(bqid)
         st.bounce_due = []
         await self.disk.run(self.queue.write_state, qid, st)
         return True

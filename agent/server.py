@@ -108,13 +108,11 @@ class Handler:
     def __init__(
         self,
         cleanup: Callable[[], Cleanup],
-        on_queued: Callable[[str], None],
         on_flush: Callable[[], None],
         origin: str,
         commit: Callable[[Prepared], Awaitable[str]],
     ) -> None:
         self.cleanup = cleanup
-        self.on_queued = on_queued
         self.on_flush = on_flush
         self.origin = origin
         self.commit = commit
@@ -181,7 +179,6 @@ class Handler:
             len(envelope.content or b""),
             uid,
         )
-        self.on_queued(qid)
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def handle_ETRN(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:

@@ -70,3 +70,27 @@ def test_commit_after_close_is_a_temporary_refusal(tmp_path: Path) -> None:
     committer.close()
     with pytest.raises(TempError):
         asyncio.run(committer.commit(_prepared(cleanup, 0)))
+
+
+def test_a_message_written_after_its_session_went_away_is_still_scheduled(tmp_path: Path) -> None:
+    """The client hung up while its message was being written: no 250 went out, but the file is
+    on disk, so the daemon must still learn of it (else it waits for a restart or a flush)."""
+    cleanup = _cleanup(tmp_path)
+    entered: list[str] = []
+    committer = Committer(cleanup.queue, entered.append)
+    prepared = _prepared(cleanup, 1)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(committer.commit(prepared))
+        await asyncio.sleep(0)  # handed over to the commit thread
+        task.cancel()
+        for _ in range(500):
+            if entered:
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        asyncio.run(run())
+    finally:
+        committer.close()
+    assert entered == [prepared.qid] and cleanup.queue.exists(prepared.qid)
