@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.agent_env import MAILQ, RELAY_AGENT, AgentEnv
+from tests.support.agent_env import MAILQ, RELAY_AGENT, AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin
 
 USER = "relay-user@example.com"
@@ -101,15 +100,6 @@ def scan_tree(root: Path, skip: list[Path]) -> int:
     return count
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def check_processes(env: SecretEnv) -> None:
     assert env.proc is not None
     pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -167,7 +157,7 @@ def test_password_never_leaks(
             listed[:] = json.loads(t.run("queue list", [RELAY_AGENT, "queue", "list", "--json"], e))
             return bool(listed) and listed[0]["state"] == "deferred"
 
-        wait_until(deferred)
+        wait_until(deferred, timeout=15.0)
         [item] = listed
         assert "535" in (item["last_error"] or ""), item
         t.run("queue show", [RELAY_AGENT, "queue", "show", item["id"]], e)
@@ -179,13 +169,13 @@ def test_password_never_leaks(
         t.run("sendmail -bp", [str(Path(RELAY_AGENT).parent / "sendmail"), "-bp"], e)
         assert env.proc is not None
         env.proc.send_signal(signal.SIGHUP)  # reloads credentials too
-        wait_until(lambda: "reloaded" in env.log())
+        wait_until(lambda: "reloaded" in env.log(), timeout=15.0)
         t.run("flush", [RELAY_AGENT, "queue", "flush"], e)
-        wait_until(lambda: relay.auth_attempts >= 3)
+        wait_until(lambda: relay.auth_attempts >= 3, timeout=15.0)
         check_processes(env)
         # a garbage maildrop file: what corrupt/ gets must not carry it either
         (env.maildrop / "junkjunkjunk").write_bytes(b"junk\n")
-        wait_until(lambda: any((env.queue_dir / "corrupt").iterdir()))
+        wait_until(lambda: any((env.queue_dir / "corrupt").iterdir()), timeout=15.0)
         crash_traceback(env, t)
     finally:
         assert env.stop() == 0
