@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from agent import config as config_mod
-from agent import credentials, pickup
+from agent import credentials, pickup, pickup_trigger
 from agent.cleanup import Cleanup
 from agent.committer import Committer
 from agent.config import Config
@@ -34,7 +34,8 @@ from agent.server import Handler, factory
 log = logging.getLogger("relay-agent")
 
 DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work finished or requeued
-PICKUP_INTERVAL = 0.5
+PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configured)
+PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
 STATUS_FILE = "status.json"
 STATUS_MIN_INTERVAL = 0.1  # at most ten status.json rewrites a second under load
 
@@ -81,6 +82,9 @@ class Daemon:
         )
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event = asyncio.Event()
+        self.pickup_wake = asyncio.Event()
+        self.trigger_fd = -1
+        self.trigger_path = ""
         self.refused_drops: set[str] = set()
 
     def cleanup(self) -> Cleanup:
@@ -117,6 +121,7 @@ class Daemon:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lc.socket)
+            self._listen_trigger(pickup_trigger.fifo_path(lc.socket))  # before anyone can connect
             srv = await loop.create_unix_server(make, path=lc.socket)
             if lc.socket_group:
                 os.chown(lc.socket, -1, grp.getgrnam(lc.socket_group).gr_gid)
@@ -128,6 +133,24 @@ class Daemon:
             make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
 
+    def _listen_trigger(self, path: str) -> None:
+        self.trigger_fd = pickup_trigger.listen(path)
+        self.trigger_path = path
+        asyncio.get_running_loop().add_reader(self.trigger_fd, self._poked)
+
+    def _poked(self) -> None:
+        if pickup_trigger.drain(self.trigger_fd):
+            self.pickup_wake.set()
+
+    def close_trigger(self) -> None:
+        if self.trigger_fd < 0:
+            return
+        asyncio.get_running_loop().remove_reader(self.trigger_fd)
+        os.close(self.trigger_fd)
+        self.trigger_fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.trigger_path)
+
     def _queued(self, qid: str) -> None:
         self.counters.bump("queued")
         self.scheduler.add(qid)
@@ -136,6 +159,7 @@ class Daemon:
     async def pickup_loop(self) -> None:
         corrupt = self.queue.corrupt
         while not self.stop_event.is_set():
+            self.pickup_wake.clear()  # a poke from now on means another scan
             try:
                 names = [n for n in pickup.candidates(self.cfg.queue.maildrop) if n not in self.refused_drops]
             except OSError as exc:
@@ -151,8 +175,15 @@ class Daemon:
                     self._queued(qid)
                 elif os.path.lexists(os.path.join(self.cfg.queue.maildrop, name)):
                     self.refused_drops.add(name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), PICKUP_INTERVAL)
+            await self._pickup_pause()
+
+    async def _pickup_pause(self) -> None:
+        """Until a poke on the trigger, a stop, or the next poll (for writers that do not poke)."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.pickup_wake, self.stop_event)]
+        poll = PICKUP_INTERVAL if self.trigger_fd < 0 else PICKUP_INTERVAL_TRIGGERED
+        await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            w.cancel()
 
     async def status_loop(self) -> None:
         path = os.path.join(self.cfg.queue.path, STATUS_FILE)
@@ -207,12 +238,14 @@ class Daemon:
         self._cleanup = Cleanup(cfg, signer, self.queue)
         self.scheduler.reconfigure(cfg)
         refresh_digest(cfg)
+        self.pickup_wake.set()  # maildrop files the old limits left waiting get another look
         log.info("reloaded config, keys, aliases and credentials")
 
     async def shutdown(self) -> None:
         log.info("stopping: no new mail accepted; draining deliveries in flight")
         for srv in self.servers:
             srv.close()
+        self.close_trigger()
         await self.scheduler.stop()
 
 

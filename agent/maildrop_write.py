@@ -1,4 +1,4 @@
-"""Drop a message into the maildrop while the daemon is down.
+"""Drop a message into the maildrop (agent.sendmail.deliver says when).
 
 Same discipline as the queue: write a dot-file (the daemon ignores those),
 fsync, rename to a random name, fsync the directory; only then is the caller
@@ -50,6 +50,17 @@ def ensure_dir(maildrop: str) -> None:
         raise TempError(f"cannot create maildrop {maildrop}: {exc.strerror}") from None
 
 
+def can_fsync(maildrop: str) -> bool:
+    """Whether we may open the maildrop to fsync it: root and its owner may; others
+    (1733: not readable) would need sync(2) to make a rename in it durable."""
+    try:
+        fd = posix.open(maildrop, posix.O_RDONLY | posix.O_DIRECTORY)
+    except OSError:
+        return False
+    posix.close(fd)
+    return True
+
+
 def check_space(maildrop: str, min_free: int) -> None:
     try:
         st = posix.statvfs(maildrop)
@@ -68,8 +79,7 @@ def write(
     dsn: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """Durably store one message; returns its file name. Raises TempError on any trouble."""
-    # imported here, not at the top: the daemon-up path never needs it
-    from agent.envelope import Envelope, encode
+    from agent.envelope import Envelope, encode  # here: a run that hands mail to the daemon never needs it
 
     ensure_dir(maildrop)
     check_space(maildrop, min_free)

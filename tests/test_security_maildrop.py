@@ -74,6 +74,7 @@ def secret_fingerprint(site: Site) -> tuple[bytes, int, int, int, int]:
 
 
 def wait_handled(site: Site, name: str) -> None:
+    site.agent.poke()  # an attacker may poke too: the trigger FIFO is 0622 like Postfix's
     path = site.maildrop / name
     wait_until(lambda: not os.path.lexists(path))
 
@@ -118,6 +119,7 @@ def drop_bytes(site: Site, name: str, data: bytes) -> Path:
     tmp = site.maildrop / f".t{name}"
     tmp.write_bytes(data)
     os.rename(tmp, site.maildrop / name)
+    site.agent.poke()
     return site.maildrop / name
 
 
@@ -259,6 +261,7 @@ def test_stale_dot_file_removed_fresh_one_kept(site: Site) -> None:
         p.write_bytes(queue_file(["dot@example.net"], good_body("dot")))
     old = time.time() - 7200
     os.utime(stale, (old, old))
+    site.agent.poke()
     wait_until(lambda: not stale.exists())
     assert_logged(site, "removed stale temporary file", stale.name)
     assert_healthy(site)  # a few pickup rounds later, the sendmail still writing it is left alone
@@ -309,6 +312,7 @@ def test_other_users_sendmail_via_maildrop_names_their_uid(site: Site) -> None:
         timeout=30,
     )
     assert res.returncode == 0, res.stderr
+    site.agent.poke()  # its own poke went to none.sock's trigger
     wait_until(lambda: any(rcpt in m.rcpt_tos for m in site.relay.messages))
     [m] = [m for m in site.relay.messages if rcpt in m.rcpt_tos]
     assert b"from userid 65534" in received_uid(m.data)
@@ -333,6 +337,7 @@ def test_claimed_uid_in_file_is_ignored(site: Site) -> None:
         timeout=30,
     )
     assert res.returncode == 0, res.stderr
+    site.agent.poke()
     wait_until(lambda: any(rcpt in m.rcpt_tos for m in site.relay.messages))
     [m] = [m for m in site.relay.messages if rcpt in m.rcpt_tos]
     line = received_uid(m.data)

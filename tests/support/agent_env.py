@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import dkim_keys
+from agent import dkim_keys, pickup_trigger
 
 VENV_BIN = Path(sys.executable).parent
 RELAY_AGENT = str(VENV_BIN / "relay-agent")
@@ -170,6 +170,10 @@ class AgentEnv:
         self.proc.wait()
         self.proc = None
         self._log_fh.close()
+
+    def poke(self) -> None:
+        """What sendmail does after a maildrop write (and what any local user may do)."""
+        pickup_trigger.poke(pickup_trigger.fifo_path(str(self.socket)))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

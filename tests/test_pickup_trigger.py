@@ -1,0 +1,158 @@
+"""The maildrop-first submission path and the pickup trigger FIFO.
+
+Root (who may fsync the 1733 maildrop) writes the maildrop and pokes the daemon even
+while it runs, as Postfix's postdrop does; other users hand mail over the socket.
+The daemon polls the maildrop only every 5 s when it has a trigger, so a message
+that arrives within a second, five times in a row, arrived because of the poke.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import pickup_trigger
+from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
+from tests.support.relay_standin import RelayStandin
+from tests.test_sendmail_callers import write_stub
+
+REPO = Path(__file__).resolve().parents[1]
+
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def crlf(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode()
+
+
+# --- the FIFO itself ------------------------------------------------------------------
+
+
+def test_poke_without_a_daemon_is_a_quiet_no_op(tmp_path: Path) -> None:
+    fifo = str(tmp_path / "s.sock.pickup")
+    pickup_trigger.poke(fifo)  # no such file
+    os.mkfifo(fifo)
+    pickup_trigger.poke(fifo)  # a FIFO nobody reads: ENXIO, not a hang
+    pickup_trigger.poke("")  # no socket configured
+
+
+def test_poke_never_writes_into_a_regular_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock.pickup"
+    path.write_bytes(b"keep")
+    pickup_trigger.poke(str(path))
+    assert path.read_bytes() == b"keep"
+
+
+def test_poke_never_follows_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    os.mkfifo(target)
+    reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        (tmp_path / "link").symlink_to(target)
+        pickup_trigger.poke(str(tmp_path / "link"))
+        assert pickup_trigger.drain(reader) == 0
+    finally:
+        os.close(reader)
+
+
+def test_listen_makes_a_fresh_0622_fifo_and_drain_counts_pokes(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock.pickup")
+    (tmp_path / "s.sock.pickup").write_bytes(b"stale")  # whatever was there is replaced
+    old = os.umask(0o077)
+    try:
+        fd = pickup_trigger.listen(path)
+    finally:
+        os.umask(old)
+    try:
+        st = os.lstat(path)
+        assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o622
+        assert pickup_trigger.drain(fd) == 0
+        for _ in range(3):
+            pickup_trigger.poke(path)
+        assert pickup_trigger.drain(fd) == 3
+        assert pickup_trigger.drain(fd) == 0  # read-write: never EOF when pokers close
+    finally:
+        os.close(fd)
+
+
+# --- through the daemon ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[AgentEnv]:
+    # `nobody` must reach the socket and run sendmail: not under pytest's 0700 tmp dirs
+    with traversable_tmp("relay-agent-trigger-") as root, RelayStandin() as relay:
+        agent = AgentEnv(root, relay)
+        agent.start()
+        try:
+            yield agent
+        finally:
+            agent.stop()
+
+
+def test_daemon_owns_the_trigger_while_it_runs(tmp_path: Path, relay_standin: RelayStandin) -> None:
+    agent = AgentEnv(tmp_path, relay_standin)
+    fifo = Path(pickup_trigger.fifo_path(str(agent.socket)))
+    agent.start()
+    try:
+        st = fifo.lstat()
+        assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o622
+    finally:
+        assert agent.stop() == 0
+    assert not fifo.exists()
+
+
+def test_root_writes_the_maildrop_and_the_poke_brings_it_at_once(site: AgentEnv) -> None:
+    relay = site.relay
+    assert relay is not None
+    for i in range(5):
+        rcpt = f"poke{i}-{os.urandom(3).hex()}@example.net"
+        t0 = time.monotonic()
+        res = site.sendmail(["-i", "-f", "app@example.com", rcpt], crlf(f"Subject: poke {i}\n\nhi\n"))
+        assert res.returncode == 0, res.stderr
+        wait_until(lambda rcpt=rcpt: any(rcpt in m.rcpt_tos for m in relay.messages), 10)
+        assert time.monotonic() - t0 < 1.0, "picked up by the 5 s poll, not by the poke"
+    # the daemon's own log says which way each came in
+    assert site.log().count("uid=0 (maildrop)") >= 5
+
+
+def test_other_users_hand_mail_over_the_socket_while_the_daemon_runs(site: AgentEnv) -> None:
+    relay = site.relay
+    assert relay is not None
+    rcpt = f"sock-{os.urandom(3).hex()}@example.net"
+    res = subprocess.run(
+        [*AS_NOBODY, str(site_sendmail(site)), "-i", "-f", "app@example.com", rcpt],
+        input=crlf("Subject: from nobody\n\nhi\n"),
+        env=site.env,
+        capture_output=True,
+        cwd="/",
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    wait_until(lambda: any(rcpt in m.rcpt_tos for m in relay.messages), 10)
+    lines = [ln for ln in site.log().splitlines() if "uid=65534" in ln]
+    assert lines and all("(queued)" in ln for ln in lines)  # the socket path's log line
+    assert not any(n for n in os.listdir(site.maildrop) if not n.startswith("."))
+
+
+def test_root_gets_cleanups_refusal_before_exit_not_a_quarantine(site: AgentEnv) -> None:
+    inner = "From: b@example.com\n\n" + "q" * 1500 + "\n"
+    msg = crlf(
+        'From: app@example.com\nContent-Type: multipart/mixed; boundary="B"\n\n'
+        "--B\nContent-Type: message/rfc822\n\n" + inner + "--B--\n"
+    )
+    res = site.sendmail(["-i", "-f", "app@example.com", "rfc822@example.net"], msg)
+    assert res.returncode == 65
+    assert res.stderr.decode().count("\n") == 1 and "998 octets" in res.stderr.decode()
+    assert not any(n for n in os.listdir(site.maildrop) if not n.startswith("."))
+
+
+def site_sendmail(site: AgentEnv) -> Path:
+    """The installed stub, on the system python: nobody cannot read root's venv."""
+    return write_stub(site.dir / "bin" / "sendmail", "/usr/bin/python3", [str(REPO)])
