@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent import config as config_mod
@@ -26,10 +27,12 @@ from agent.committer import Committer
 from agent.config import Config
 from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
+from agent.drop_socket import DropProtocol
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
 from agent.queue import Queue
 from agent.scheduler import Counters, Scheduler
 from agent.server import Handler, factory
+from agent.smtp_client_lite import drop_path
 
 log = logging.getLogger("relay-agent")
 
@@ -85,6 +88,7 @@ class Daemon:
         self.pickup_wake = asyncio.Event()
         self.trigger_fd = -1
         self.trigger_path = ""
+        self.unix_paths: list[str] = []
         self.refused_drops: set[str] = set()
 
     def cleanup(self) -> Cleanup:
@@ -119,19 +123,27 @@ class Daemon:
         make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lc.socket)
             self._listen_trigger(pickup_trigger.fifo_path(lc.socket))  # before anyone can connect
-            srv = await loop.create_unix_server(make, path=lc.socket)
-            if lc.socket_group:
-                os.chown(lc.socket, -1, grp.getgrnam(lc.socket_group).gr_gid)
-            os.chmod(lc.socket, int(lc.socket_mode, 8))
-            self.servers.append(srv)
+            await self._unix_server(lc.socket, make)
+            size = self.cfg.limits.max_message_size
+            await self._unix_server(drop_path(lc.socket), lambda: DropProtocol(handler, size))
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
             tcp = Handler(self.cleanup, self.scheduler.flush, "loopback", self.committer.commit)
             make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
+
+    async def _unix_server(self, path: str, make: Callable[[], asyncio.BaseProtocol]) -> None:
+        """A listener on `path` with the socket's mode and group (the drop socket's too)."""
+        lc = self.cfg.listen
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        srv = await asyncio.get_running_loop().create_unix_server(make, path=path)
+        if lc.socket_group:
+            os.chown(path, -1, grp.getgrnam(lc.socket_group).gr_gid)
+        os.chmod(path, int(lc.socket_mode, 8))
+        self.servers.append(srv)
+        self.unix_paths.append(path)
 
     def _listen_trigger(self, path: str) -> None:
         self.trigger_fd = pickup_trigger.listen(path)
@@ -274,8 +286,9 @@ async def run(cfg: Config) -> int:
     daemon.committer.close()
     daemon.disk.close()
     daemon.write_status(os.path.join(cfg.queue.path, STATUS_FILE))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(cfg.listen.socket)
+    for path in daemon.unix_paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     log.info("stopped")
     return 0
 

@@ -70,6 +70,13 @@ def check_space(maildrop: str, min_free: int) -> None:
         raise NoSpaceError("queue file system is full")
 
 
+def encoded(sender: str, recipients: list[str], message: bytes, dsn: tuple[tuple[str, str], ...]) -> bytes:
+    """A maildrop file's bytes (also what the drop socket takes)."""
+    from agent.envelope import Envelope, encode  # here: `mailq` imports this module without it
+
+    return encode(Envelope(sender, tuple(recipients), time.time(), dsn, posix.getuid()), message)
+
+
 def write(
     maildrop: str,
     min_free: int,
@@ -79,11 +86,9 @@ def write(
     dsn: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """Durably store one message; returns its file name. Raises TempError on any trouble."""
-    from agent.envelope import Envelope, encode  # here: a run that hands mail to the daemon never needs it
-
     ensure_dir(maildrop)
     check_space(maildrop, min_free)
-    data = encode(Envelope(sender, tuple(recipients), time.time(), dsn, posix.getuid()), message)
+    data = encoded(sender, recipients, message, dsn)
     name = posix.urandom(16).hex()
     tmp = f"{maildrop}/.t{name}"
     try:

@@ -165,18 +165,32 @@ def deliver(
     """
     from agent import maildrop_write  # lazily: not every run writes mail
 
-    if not maildrop_write.can_fsync(rt.maildrop):
-        from agent import smtp_client_lite  # _socket: only for this path
-
-        try:
-            smtp_client_lite.submit(rt.socket, rt.hostname, sender, rcpts, message, dsn)
-            return "daemon"
-        except smtp_client_lite.Unavailable:
-            pass
+    if not maildrop_write.can_fsync(rt.maildrop) and hand_over(rt, sender, rcpts, message, dsn):
+        return "daemon"
     refuse_unfixable(message)
     maildrop_write.write(rt.maildrop, rt.min_free, sender, rcpts, message, dsn)
     pickup_trigger.poke(pickup_trigger.fifo_path(rt.socket))
     return "maildrop"
+
+
+def hand_over(
+    rt: Runtime, sender: str, rcpts: list[str], message: bytes, dsn: tuple[tuple[str, str], ...]
+) -> bool:
+    """Give the message to the running daemon: on its drop socket in one round trip, else
+    (a daemon from before the drop socket, until it restarts) over SMTP. False: no daemon."""
+    from agent import maildrop_write, smtp_client_lite  # _socket: only for this path
+
+    try:
+        data = maildrop_write.encoded(sender, rcpts, message, dsn)
+        smtp_client_lite.hand_over(smtp_client_lite.drop_path(rt.socket), data)
+        return True
+    except smtp_client_lite.Unavailable:
+        pass
+    try:
+        smtp_client_lite.submit(rt.socket, rt.hostname, sender, rcpts, message, dsn)
+        return True
+    except smtp_client_lite.Unavailable:
+        return False
 
 
 def refuse_unfixable(message: bytes) -> None:

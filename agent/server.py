@@ -153,17 +153,17 @@ class Handler:
         if notify:
             dsn.append(notify[0])
         uid = getattr(session, "peer_uid", -1)
-        cleanup = self.cleanup()
+        return await self.accept(
+            envelope.mail_from or "", list(envelope.rcpt_tos), _content(envelope), uid, tuple(dsn)
+        )
+
+    async def accept(
+        self, sender: str, rcpts: list[str], content: bytes, uid: int, dsn: tuple[tuple[str, str], ...]
+    ) -> str:
+        """Queue one message (SMTP's DATA, or a whole hand-over on the drop socket); the reply."""
         try:
             # the Python part here, on the loop; signing and the durable write beside it
-            prepared = cleanup.prepare(
-                envelope.mail_from or "",
-                list(envelope.rcpt_tos),
-                _content(envelope),
-                uid=uid,
-                dsn=tuple(dsn),
-                origin=self.origin,
-            )
+            prepared = self.cleanup().prepare(sender, rcpts, content, uid=uid, dsn=dsn, origin=self.origin)
             qid = await self.commit(prepared)
         except AgentError as exc:
             log.info("refused from %s uid=%d: %s", self.origin, uid, exc.message)
@@ -172,12 +172,7 @@ class Handler:
             log.exception("unexpected error while queueing")
             return "451 4.3.0 internal error; try again later"
         log.info(
-            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)",
-            qid,
-            envelope.mail_from or "",
-            len(envelope.rcpt_tos),
-            len(envelope.content or b""),
-            uid,
+            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)", qid, sender, len(rcpts), len(content), uid
         )
         return f"250 2.0.0 Ok: queued as {qid}"
 

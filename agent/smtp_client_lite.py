@@ -234,6 +234,35 @@ def _quit(conn: Connection) -> None:
         pass
 
 
+def drop_path(socket_path: str) -> str:
+    """The drop socket beside the SMTP one (agent/drop_socket.py)."""
+    return f"{socket_path}.drop" if socket_path else ""
+
+
+def hand_over(path: str, data: bytes) -> None:
+    """Give the daemon's drop socket a whole maildrop-format message; returns on its 250.
+
+    Raises Unavailable when nothing was handed over (no daemon: use the maildrop), an
+    AgentError for a refusal, TempError when the daemon went away mid-way.
+    """
+    conn = Connection.open_unix(path)
+    try:
+        conn.sock.settimeout(DATA_TIMEOUT)  # the daemon answers once it fsynced the message
+        try:
+            conn.send(data)
+            conn.sock.shutdown(_socket.SHUT_WR)
+        except OSError:
+            pass  # e.g. refused as too big while we were still writing: its reply says so
+        try:
+            reply = conn.reply(DATA_TIMEOUT)
+        except OSError as exc:
+            raise TempError(f"lost the daemon while handing the message over: {exc}") from None
+    finally:
+        conn.close()
+    if reply.code != 250:
+        raise error_for_reply(reply)
+
+
 def flush(path: str, helo: str) -> Reply:
     """Ask the daemon to run its queue now (ETRN on the local socket)."""
     conn = Connection.open_unix(path)
