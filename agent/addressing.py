@@ -4,8 +4,6 @@ Pure and stdlib-only without `re` (the sendmail fast path imports it, and so doe
 the daemon's cleanup for SMTP submissions).
 """
 
-from __future__ import annotations
-
 from agent.errors import MessageError, UnknownRecipientError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the fast path cannot afford importing typing
@@ -176,14 +174,14 @@ def _split(addr: str) -> tuple[str, str]:
     return (local, domain.lower()) if at else (addr, "")
 
 
-def is_local(addr: str, names: Collection[str]) -> bool:
+def is_local(addr: str, names: "Collection[str]") -> bool:
     """A bare name, or name@localhost / @this-host."""
     _, domain = _split(addr)
     return not domain or domain.rstrip(".") in names
 
 
 def resolve_recipient(
-    addr: str, aliases: Mapping[str, str], names: Collection[str], _depth: int = 0
+    addr: str, aliases: "Mapping[str, str]", names: "Collection[str]", _depth: int = 0
 ) -> list[str]:
     """A recipient after [aliases]: remote addresses pass through unchanged.
 
@@ -209,7 +207,7 @@ def resolve_recipient(
     return out
 
 
-def resolve_all(addrs: list[str], aliases: Mapping[str, str], names: Collection[str]) -> list[str]:
+def resolve_all(addrs: list[str], aliases: "Mapping[str, str]", names: "Collection[str]") -> list[str]:
     """resolve_recipient over a list, duplicates dropped (first occurrence kept)."""
     seen: set[str] = set()
     out: list[str] = []
@@ -223,7 +221,7 @@ def resolve_all(addrs: list[str], aliases: Mapping[str, str], names: Collection[
 
 
 def rewrite_sender(
-    addr: str, default_from: str, rewrite_local: bool, names: Collection[str], hostname: str
+    addr: str, default_from: str, rewrite_local: bool, names: "Collection[str]", hostname: str
 ) -> str:
     """The envelope sender for mail from a local user.
 

@@ -1,7 +1,5 @@
 """Where the config file is: stdlib-only, shared by the CLI and the sendmail fast path."""
 
-from __future__ import annotations
-
 import posix  # not os: `import os` costs ~2 ms of the sendmail fast path (see sendmail.py)
 
 from agent.errors import ConfigError

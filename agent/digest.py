@@ -7,8 +7,6 @@ size. A stale, missing or untrustworthy digest is simply ignored (None): the
 caller then parses the TOML and tries to write a fresh one.
 """
 
-from __future__ import annotations
-
 import marshal
 import posix  # not os on the fast path (load); build/write run on the slow path
 
@@ -27,7 +25,7 @@ def path_for(config_path: str) -> str:
     return f"{head}/.{base}.digest" if head or config_path.startswith("/") else f".{base}.digest"
 
 
-def build(cfg: Config, st: stat_result | None = None) -> dict[str, object]:
+def build(cfg: "Config", st: "stat_result | None" = None) -> dict[str, object]:
     """The digest of `cfg`; `st` is the config file's stat taken before it was read."""
     if st is None and cfg.path:
         st = posix.stat(cfg.path)
@@ -49,7 +47,7 @@ def build(cfg: Config, st: stat_result | None = None) -> dict[str, object]:
     }
 
 
-def write(cfg: Config, st: stat_result | None = None) -> bool:
+def write(cfg: "Config", st: "stat_result | None" = None) -> bool:
     """Atomically store the digest beside cfg.path (mode 0644); False if that is not possible.
 
     Never an error: a missing digest only makes sendmail slower.

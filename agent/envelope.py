@@ -28,8 +28,6 @@ rewritten atomically after each attempt (absent = fresh, all recipients pending)
     r 1 F 550 5.1.1 no such user
 """
 
-from __future__ import annotations
-
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
 END = b"RELAY-AGENT-END\n"
 MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail

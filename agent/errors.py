@@ -3,8 +3,6 @@
 Kept import-free so the sendmail fast path can use it.
 """
 
-from __future__ import annotations
-
 # sysexits.h
 EX_OK = 0
 EX_USAGE = 64

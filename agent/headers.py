@@ -4,8 +4,6 @@ Used by the sendmail fast path and by the daemon's cleanup. Works on CRLF or LF
 messages; fields it adds use the message's own line ending.
 """
 
-from __future__ import annotations
-
 import posix  # not os: see config_path
 import time
 
@@ -159,7 +157,7 @@ def add_missing(message: bytes, sender: str, full_name: str, hostname: str, now:
     return head + b"".join(a.encode() + eol for a in added) + rest
 
 
-def rewrite_from(message: bytes, rewrite: Callable[[str], str]) -> bytes:
+def rewrite_from(message: bytes, rewrite: "Callable[[str], str]") -> bytes:
     """Replace the From: address by rewrite(address), keeping its display name.
 
     Cron writes `From: root (Cron Daemon)`; the relay and DMARC need a real

@@ -6,8 +6,6 @@ told the mail is safe. The maildrop is 1733 (sticky, not listable), so names
 are random and files are created with O_EXCL|O_NOFOLLOW.
 """
 
-from __future__ import annotations
-
 import posix  # not os: see config_path
 import time
 

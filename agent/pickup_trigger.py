@@ -7,8 +7,6 @@ finds is still untrusted input (agent/pickup.py). sendmail imports this module o
 its fast path, so it uses `posix` only.
 """
 
-from __future__ import annotations
-
 import posix
 
 FIFO_MODE = 0o622  # like Postfix's public/pickup: any local user may poke, only we read

@@ -6,8 +6,6 @@ email, asyncio, typing or dataclasses. The config comes from a pre-digested
 marshal file (agent.digest); TOML is parsed only when that is stale.
 """
 
-from __future__ import annotations
-
 import posix  # not os: see config_path
 import pwd
 import sys
@@ -81,7 +79,7 @@ def load_runtime(cli_path: str | None) -> Runtime:
     return Runtime(digest.build(cfg, st))
 
 
-def read_message(stream: BinaryIO | None, ignore_dots: bool, limit: int) -> bytes:
+def read_message(stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> bytes:
     """stdin up to EOF, or (without -i) up to a line holding a lone "."."""
     if stream is None:
         return b""
@@ -203,7 +201,7 @@ def refuse_unfixable(message: bytes) -> None:
         longlines.make_safe(message)
 
 
-def send(opts: Options, rt: Runtime, stream: BinaryIO | None) -> int:
+def send(opts: Options, rt: Runtime, stream: "BinaryIO | None") -> int:
     message = normalize(read_message(stream, opts.ignore_dots, rt.max_message_size))
     sender = envelope_sender(rt, opts.sender)
     rcpts, message = prepare(rt, message, sender, list(opts.recipients), opts.full_name, opts.extract)

@@ -6,8 +6,6 @@ getopt semantics as Postfix and sendmail have them: boolean flags may be bundled
 permutes on Linux) until `--`.
 """
 
-from __future__ import annotations
-
 from agent.errors import MessageError, UsageError
 
 # flags that take a value; -o and -b take the rest of their word, -q only an attached one

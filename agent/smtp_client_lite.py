@@ -4,8 +4,6 @@ Only what sendmail needs: one transaction, then QUIT. Replies map to agent.error
 types in `error_for_reply`, the one place that turns SMTP codes into sysexits.
 """
 
-from __future__ import annotations
-
 import _socket
 
 from agent.errors import (
@@ -72,7 +70,7 @@ class Connection:
         self.buf = b""
 
     @classmethod
-    def open_unix(cls, path: str, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    def open_unix(cls, path: str, timeout: float = CONNECT_TIMEOUT) -> "Connection":
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)

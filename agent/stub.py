@@ -28,7 +28,8 @@ def render(entry: str, python: str, site_dirs: list[str]) -> str:
         "import sys\n"
         # replace the script's own directory (e.g. /usr/sbin), never import from there
         f"sys.path[0:1] = {[os.path.abspath(d) for d in site_dirs]!r}\n"
-        f"from agent.{entry} import main\n"
+        + ("from agent import fastload\nfastload.preload()\n" if entry == "sendmail" else "")
+        + f"from agent.{entry} import main\n"
         "code = main()\n"
         # the work is done and fsynced: skip interpreter teardown (~3 ms per message)
         "sys.stdout.flush()\n"

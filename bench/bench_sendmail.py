@@ -169,6 +169,7 @@ def measure_peer(peer: str, msg: Path, runs: int) -> dict[str, Any]:
 def floors(msg: Path, runs: int) -> list[dict[str, Any]]:
     return [
         summarize("floor: spawn /bin/true", timeloop(["/bin/true"], msg, runs)),
+        summarize("floor: setpriv as nobody, /bin/true", timeloop([*AS_NOBODY, "/bin/true"], msg, runs)),
         summarize(
             "floor: python -S -E -c pass",
             timeloop([str(common.VENV_PYTHON), "-S", "-E", "-c", "pass"], msg, runs),

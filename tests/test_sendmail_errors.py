@@ -330,6 +330,7 @@ FORBIDDEN = [
     "typing",
     "dataclasses",
     "agent.config",
+    "__future__",  # ~0.3 ms: the fast-path modules quote the annotations they cannot evaluate
 ]
 
 PROBE = """
