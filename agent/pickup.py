@@ -19,9 +19,10 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from agent import envelope as fmt
-from agent.cleanup import Cleanup
+from agent.cleanup import Cleanup, Prepared
 from agent.errors import AgentError, TempError
 
 log = logging.getLogger("relay-agent")
@@ -129,8 +130,19 @@ def _read_all(fd: int, size: int) -> bytes:
     return data
 
 
-def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> str | None:
-    """Take one maildrop file into the queue; returns the queue id, RETRY (try it again
+class Picked(NamedTuple):
+    """A maildrop file read, checked and through cleanup; still to be committed and removed."""
+
+    name: str
+    prepared: Prepared
+    uid: int
+    sender: str
+    nrcpt: int
+    size: int
+
+
+def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> Picked | str | None:
+    """Read one maildrop file and run cleanup on it; returns it Picked, RETRY (try again
     later: the queue is full) or None (gone or refused). Never raises: one user's file
     must not stop pickup for everyone."""
     path = os.path.join(maildrop, name)
@@ -146,37 +158,48 @@ def pick_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> st
             origin="maildrop",
             qid=qid_for(name, st, cleanup.queue.key()),
         )
-        qid = cleanup.finish(prepared)
     except FileNotFoundError:
         return None
-    except TempError as exc:
-        # queue full or unwritable: the file is fine, it waits in the maildrop for the next round
-        log.warning("maildrop file %s left for later: %s", shown(name), exc.message)
-        return RETRY
-    except Unsafe as exc:
-        refuse(path, name, str(exc))
-        return None
-    except (OSError, fmt.FormatError, AgentError) as exc:
-        reason = exc.message if isinstance(exc, AgentError) else str(exc)
-        quarantine(path, name, corrupt_dir, reason)
-        return None
-    except Exception as exc:  # a parser bug must not take pickup down with it
-        log.exception("maildrop file %s: unexpected error", shown(name))
-        quarantine(path, name, corrupt_dir, f"unexpected error: {type(exc).__name__}")
-        return None
+    except Exception as exc:
+        return _refused(path, name, corrupt_dir, exc)
+    return Picked(name, prepared, st.st_uid, env.sender, len(env.recipients), len(message))
+
+
+def after_commit(maildrop: str, corrupt_dir: str, picked: Picked, result: str | BaseException) -> str | None:
+    """Remove the file once its message is in the queue (RETRY / None as prepare_one)."""
+    path = os.path.join(maildrop, picked.name)
+    if isinstance(result, BaseException):
+        return _refused(path, picked.name, corrupt_dir, result)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass  # its owner removed it after we read it; the queued copy stands
     log.info(
         "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (maildrop)",
-        qid,
-        shown(env.sender),
-        len(env.recipients),
-        len(message),
-        st.st_uid,
+        result,
+        shown(picked.sender),
+        picked.nrcpt,
+        picked.size,
+        picked.uid,
     )
-    return qid
+    return result
+
+
+def _refused(path: str, name: str, corrupt_dir: str, exc: BaseException) -> str | None:
+    if isinstance(exc, TempError):
+        # queue full or unwritable: the file is fine, it waits in the maildrop for the next round
+        log.warning("maildrop file %s left for later: %s", shown(name), exc.message)
+        return RETRY
+    if isinstance(exc, Unsafe):
+        refuse(path, name, str(exc))
+    elif isinstance(exc, (OSError, fmt.FormatError, AgentError)):
+        quarantine(path, name, corrupt_dir, exc.message if isinstance(exc, AgentError) else str(exc))
+    elif isinstance(exc, Exception):  # a parser bug must not take pickup down with it
+        log.error("maildrop file %s: unexpected error", shown(name), exc_info=exc)
+        quarantine(path, name, corrupt_dir, f"unexpected error: {type(exc).__name__}")
+    else:
+        return RETRY  # cancelled (shutdown): the file stays for the next start
+    return None
 
 
 def quarantine(path: str, name: str, corrupt_dir: str, reason: str) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.agent_env import MAILQ, AgentEnv, UnixSMTP
+from tests.support.agent_env import MAILQ, AgentEnv, UnixSMTP, wait_until
 from tests.support.relay_standin import RelayStandin
 
 MSG = b"From: app@example.com\nTo: %s\nSubject: test %d\n\nhello %d\n"
@@ -306,6 +306,7 @@ def test_a_bounce_the_full_queue_cannot_take_is_sent_later(
     agent.start()
     m = b"From: app@example.com\nTo: gone@example.net\nSubject: s\n\nbody\n"
     assert agent.sendmail(["-i", "-f", "app@example.com", "gone@example.net"], m).returncode == 0
+    wait_until(lambda: any((agent.queue_dir / "msg").iterdir()))  # root's mail: picked up from the maildrop
 
     def reload(min_free: int) -> None:
         agent.sections["queue"]["min_free"] = min_free
