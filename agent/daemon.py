@@ -40,7 +40,8 @@ DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work fin
 PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configured)
 PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
 PICKUP_GATHER = 0.05  # after a poke; well inside the 100 ms between sends at the default rate
-PICKUP_BATCH = 64  # files prepared, held in memory and committed together
+PICKUP_BATCH = 64  # files prepared, held in memory and committed together...
+PICKUP_BATCH_BYTES = 32 << 20  # ...and no more than this of their messages at once
 STATUS_FILE = "status.json"
 STATUS_MIN_INTERVAL = 0.1  # at most ten status.json rewrites a second under load
 
@@ -181,29 +182,36 @@ class Daemon:
             except OSError as exc:
                 log.error("cannot read maildrop %s: %s", self.cfg.queue.maildrop, exc)
                 names = []
-            for start in range(0, len(names), PICKUP_BATCH):
-                if not await self._pick(names[start : start + PICKUP_BATCH]):
-                    break  # the queue is full now: the rest waits for the next round
+            await self._pick(names)
             await self._pickup_pause()
 
-    async def _pick(self, names: list[str]) -> bool:
-        """Prepare files on the disk thread, commit them together; False when the queue is full."""
+    async def _pick(self, names: list[str]) -> None:
+        """Prepare files on the disk thread and commit them in batches bounded by count and bytes."""
         maildrop, corrupt = self.cfg.queue.maildrop, self.queue.corrupt
         picked: list[pickup.Picked] = []
-        full = False
         for name in names:
             got = await self.disk.run(pickup.prepare_one, maildrop, name, self._cleanup, corrupt)
-            if isinstance(got, pickup.Picked):
-                picked.append(got)
-            elif got == pickup.RETRY:
-                full = True
-                break
-            elif os.path.lexists(os.path.join(maildrop, name)):
-                self.refused_drops.add(name)
+            if got == pickup.RETRY:
+                break  # the queue is full now: the rest waits for the next round
+            if not isinstance(got, pickup.Picked):
+                if os.path.lexists(os.path.join(maildrop, name)):
+                    self.refused_drops.add(name)
+                continue
+            picked.append(got)
+            if len(picked) >= PICKUP_BATCH or sum(p.size for p in picked) >= PICKUP_BATCH_BYTES:
+                if not await self._commit_picked(picked):
+                    return
+                picked = []
+        await self._commit_picked(picked)
+
+    async def _commit_picked(self, picked: list[pickup.Picked]) -> bool:
+        """One group commit; the files go once their messages are queued. False: queue full."""
+        maildrop, corrupt = self.cfg.queue.maildrop, self.queue.corrupt
         # counted and scheduled by the committer's on_entered, as SMTP submissions are
         results = await asyncio.gather(
             *(self.committer.commit(p.prepared) for p in picked), return_exceptions=True
         )
+        full = False
         for p, result in zip(picked, results, strict=True):
             done = await self.disk.run(pickup.after_commit, maildrop, corrupt, p, result)
             full = full or done == pickup.RETRY
