@@ -91,11 +91,6 @@ class Cleanup:
         body = self._received(qid, uid, origin, now) + body
         return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
 
-    def finish(self, prepared: Prepared) -> str:
-        """Sign and durably enter a prepared message; returns its queue id. The daemon's
-        SMTP path does this on its commit thread instead (agent/committer.py)."""
-        return self.queue.enter(prepared.envelope, prepared.message(), prepared.qid)
-
     def _drafts(self, message: bytes) -> tuple[Draft, ...]:
         domain = headers.from_domain(message)
         if self.signer.has_key_for(domain):

@@ -194,8 +194,7 @@ class Daemon:
             if got == pickup.RETRY:
                 break  # the queue is full now: the rest waits for the next round
             if not isinstance(got, pickup.Picked):
-                if os.path.lexists(os.path.join(maildrop, name)):
-                    self.refused_drops.add(name)
+                self._skip_if_kept(name)
                 continue
             picked.append(got)
             if len(picked) >= PICKUP_BATCH or sum(p.size for p in picked) >= PICKUP_BATCH_BYTES:
@@ -215,9 +214,14 @@ class Daemon:
         for p, result in zip(picked, results, strict=True):
             done = await self.disk.run(pickup.after_commit, maildrop, corrupt, p, result)
             full = full or done == pickup.RETRY
-            if done is None and os.path.lexists(os.path.join(maildrop, p.name)):
-                self.refused_drops.add(p.name)
+            if done is None:
+                self._skip_if_kept(p.name)
         return not full
+
+    def _skip_if_kept(self, name: str) -> None:
+        """A refused file that could be neither moved nor removed is not tried again each scan."""
+        if os.path.lexists(os.path.join(self.cfg.queue.maildrop, name)):
+            self.refused_drops.add(name)
 
     async def _pickup_pause(self) -> None:
         """Until a poke on the trigger, a stop, or the next poll (for writers that do not poke)."""

@@ -18,14 +18,13 @@ import asyncio
 from agent import envelope as fmt
 from agent.server import Handler, peer_uid
 
-HEADER_SLACK = 1 << 20  # envelope lines on top of the message size limit, as for maildrop files
 IDLE_TIMEOUT = 300.0  # as the SMTP listener's: a client that never finishes is dropped
 
 
 class DropProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, max_size: int) -> None:
         self.handler = handler
-        self.limit = max_size + HEADER_SLACK
+        self.limit = max_size + fmt.HEADER_SLACK  # as for a maildrop file
         self.chunks: list[bytes] = []
         self.size = 0
         self.uid = -1

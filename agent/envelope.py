@@ -30,6 +30,7 @@ rewritten atomically after each attempt (absent = fresh, all recipients pending)
 
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
 END = b"RELAY-AGENT-END\n"
+HEADER_SLACK = 1 << 20  # what a file or hand-over may hold beyond the message size limit: the envelope
 MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail
 DSN_KEYS = ("notify", "ret", "envid")
 

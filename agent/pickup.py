@@ -28,7 +28,6 @@ from agent.errors import AgentError, TempError
 log = logging.getLogger("relay-agent")
 
 RETRY = "retry"  # pick_one: the queue could not take it now; the file stays
-HEADER_SLACK = 1 << 20  # envelope header allowance on top of the message size limit
 STALE_TMP = 3600.0  # a sendmail that has not renamed its temp file in an hour died
 
 
@@ -108,7 +107,7 @@ def read_untrusted(path: str, max_size: int) -> tuple[bytes, os.stat_result]:
             raise fmt.FormatError("replaced while being opened")
         if st.st_nlink != 1:
             raise Unsafe(f"has {st.st_nlink} hard links")
-        if st.st_size > max_size + HEADER_SLACK:
+        if st.st_size > max_size + fmt.HEADER_SLACK:
             raise fmt.FormatError(f"too large ({st.st_size} bytes)")
         return _read_all(fd, st.st_size), st
     finally:
