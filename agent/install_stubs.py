@@ -21,6 +21,11 @@ def stub_steps(root: str, venv_bin: str) -> list[Step]:
             partial(write_stub, root, entry, venv_bin),
         )
         for entry in ENTRIES
+    ] + [
+        Step(
+            "sendmail's fast-path bundle (agent/__pycache__, see agent/fastload.py)",
+            partial(write_bundle, venv_bin),
+        )
     ]
 
 
@@ -42,3 +47,14 @@ def write_stub(root: str, entry: str, venv_bin: str) -> None:
 
     text = stub.render(entry, os.path.join(venv_bin, "python"), stub_dirs(venv_bin))
     write_file(in_root(root, f"{STUB_DIR}/{entry}"), text, 0o755)
+
+
+def write_bundle(venv_bin: str) -> None:
+    """Built now, as root, so that the first sendmail (often not root: it cannot) finds it."""
+    code = (
+        "import sys, agent, os; from agent import fastload\n"
+        "sys.exit(0 if fastload.refresh(os.path.dirname(agent.__file__)) else 1)"
+    )
+    python = os.path.join(venv_bin, "python")
+    if subprocess.run([python, "-c", code], capture_output=True, check=False).returncode != 0:
+        raise AgentError(f"cannot write sendmail's fast-path bundle with {python}")

@@ -235,6 +235,9 @@ def run(argv: list[str], prog: str) -> int:
         return flush(rt)
     stdin = sys.stdin.buffer if sys.stdin is not None else None
     if opts.mode == "smtp":
+        import gc
+
+        gc.enable()  # the stub turned it off for one message; a session may carry thousands
         from agent.sendmail_bs import serve
 
         return serve(rt, opts, stdin, sys.stdout.buffer)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import digest, install
+import agent
+from agent import digest, fastload, install
 from tests.support.agent_env import traversable_tmp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,7 +207,11 @@ def test_root_without_passwd_gets_the_sysusers_snippet_only(tmp_path: Path) -> N
 
 
 def test_installed_stub_drops_mail_for_an_unprivileged_user(target: Path, open_tmp: Path) -> None:
+    bundle = Path(fastload.bundle_path(os.path.dirname(agent.__file__)))
+    bundle.unlink(missing_ok=True)
     assert cli("install", "--root", str(target)).returncode == 0
+    st = bundle.stat()  # the fast path's bundle, written as root: nobody could not
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o644)
     conf = open_tmp / "config.toml"
     spool = f"{target}/var/spool"
     conf.write_text(
