@@ -41,6 +41,9 @@ def main() -> None:
                 print(f"relay-agent: config file {config} (from --config) does not exist", file=sys.stderr)
                 sys.exit(78)
             os.environ[ENV_VAR] = os.path.abspath(config)
+        from agent import dkim_dns_deferred
+
+        dkim_dns_deferred.defer()  # before agent.daemon imports dkim
         from agent import daemon
 
         sys.exit(daemon.main(None))
