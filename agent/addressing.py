@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
 
 MAX_ALIAS_DEPTH = 10
+BARE = frozenset('<>,;:"(\\ \t')  # none of these: a lone addr-spec as it is (parse_address_list)
+NAMED = frozenset(',;:"(\\')  # none of these and one <...> at the end: `Name <addr-spec>`
 
 
 def local_names(hostname: str) -> frozenset[str]:
@@ -28,6 +30,14 @@ def parse_address_list(text: str) -> list[str]:
     """
     if any(c in text for c in "\r\n\0"):
         raise MessageError("address contains CR, LF or NUL")
+    # the usual `a@b` and `Name <a@b>`: what _chunks and _mailbox would find, found directly
+    if BARE.isdisjoint(text):
+        return [_addr_spec(text, text)] if text.strip() else []
+    if NAMED.isdisjoint(text) and text.count("<") == 1 and text.count(">") == 1:
+        start, end = text.index("<"), text.index(">")
+        spec = text[start + 1 : end]
+        if start < end and not text[end + 1 :].strip(" \t") and " " not in spec and "\t" not in spec:
+            return [_addr_spec(spec, text)]
     return [_mailbox(chunk) for chunk in _chunks(text) if chunk.strip()]
 
 

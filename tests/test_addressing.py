@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -150,3 +151,19 @@ def test_arbitrary_text_raises_only_message_error(text: str) -> None:
 def test_structural_characters_raise_only_message_error(text: str) -> None:
     with contextlib.suppress(MessageError):
         parse_address_list(text)
+
+
+@given(st.text(alphabet='ab@.,;:<>()"\\ \tx\x0b\u3000é', max_size=30))
+def test_fast_paths_agree_with_the_general_parser(text: str) -> None:
+    """`a@b` and `Name <a@b>` skip _chunks/_mailbox: same addresses, same errors."""
+    from agent.addressing import _chunks, _mailbox
+
+    def outcome(parse: Callable[[], list[str]]) -> object:
+        try:
+            return parse()
+        except MessageError as exc:
+            return exc.message
+
+    assert outcome(lambda: parse_address_list(text)) == outcome(
+        lambda: [_mailbox(chunk) for chunk in _chunks(text) if chunk.strip()]
+    )
