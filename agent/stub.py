@@ -58,11 +58,11 @@ def _package_dir(site_dirs: list[str]) -> str | None:
 def _preload_call(package_dir: str) -> str:
     """Run agent.fastload's bundle if it is a regular file only root or we can have written
     (its code is executed) and made by this interpreter; anything else: importlib."""
-    bundle = f"{package_dir}/__pycache__/sendmail."
+    from agent import fastload  # the bundle's name: the stub's python is this venv's
+
     return (
         "try:\n"
-        f"    path = {bundle!r} + sys.implementation.cache_tag + '.bundle'\n"
-        "    fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW)\n"
+        f"    fd = posix.open({fastload.bundle_path(package_dir)!r}, posix.O_RDONLY | posix.O_NOFOLLOW)\n"
         "    st, data = posix.fstat(fd), posix.read(fd, 4194304)\n"
         "    magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER\n"
         "    fresh = st.st_uid in (0, posix.geteuid()) and st.st_mode & 0o170022 == 0o100000\n"
