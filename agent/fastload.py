@@ -35,7 +35,7 @@ SENDMAIL = (
     "agent.envelope",
     "agent.maildrop_write",
 )
-MAX_SIZE = 1 << 22
+MAX_SIZE = 1 << 22  # a source, and the whole bundle the stub reads
 
 
 def bundle_path(package_dir: str) -> str:
@@ -103,12 +103,13 @@ def refresh(package_dir: str) -> bool:
     """Write a fresh bundle if this user may; never raises (it is only a cache)."""
     path = bundle_path(package_dir)
     directory = path.rpartition("/")[0]
-    if not posix.access(directory if _exists(directory) else package_dir, posix.W_OK):
+    have_dir = _exists(directory)
+    if not posix.access(directory if have_dir else package_dir, posix.W_OK):
         return False
     tmp = f"{path}.{posix.getpid()}.tmp"
     try:
         data = build(package_dir)
-        if not _exists(directory):
+        if not have_dir:
             posix.mkdir(directory, 0o755)
         fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644)
         try:

@@ -63,7 +63,7 @@ def _preload_call(package_dir: str) -> str:
     return (
         "try:\n"
         f"    fd = posix.open({fastload.bundle_path(package_dir)!r}, posix.O_RDONLY | posix.O_NOFOLLOW)\n"
-        "    st, data = posix.fstat(fd), posix.read(fd, 4194304)\n"
+        f"    st, data = posix.fstat(fd), posix.read(fd, {fastload.MAX_SIZE})\n"
         "    magic = sys.modules['_frozen_importlib_external'].MAGIC_NUMBER\n"
         "    fresh = st.st_uid in (0, posix.geteuid()) and st.st_mode & 0o170022 == 0o100000\n"
         "    fresh = fresh and data.startswith(magic)\n"
