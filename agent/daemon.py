@@ -29,6 +29,7 @@ from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
 from agent.drop_socket import DropProtocol
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
+from agent.pickup_listener import PickupListener
 from agent.queue import Queue
 from agent.scheduler import Counters, Scheduler
 from agent.server import Handler, factory
@@ -40,6 +41,7 @@ DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work fin
 PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configured)
 PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
 PICKUP_GATHER = 0.05  # after a poke; well inside the 100 ms between sends at the default rate
+PICKUP_GATHER_MAX = 0.25  # while pokes keep coming (a burst), gather at most this long
 PICKUP_BATCH = 64  # files prepared, held in memory and committed together...
 PICKUP_BATCH_BYTES = 32 << 20  # ...and no more than this of their messages at once
 STATUS_FILE = "status.json"
@@ -89,8 +91,7 @@ class Daemon:
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event = asyncio.Event()
         self.pickup_wake = asyncio.Event()
-        self.trigger_fd = -1
-        self.trigger_path = ""
+        self.trigger: PickupListener | None = None
         self.unix_paths: list[str] = []
         self.refused_drops: set[str] = set()
 
@@ -126,7 +127,8 @@ class Daemon:
         make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
-            self._listen_trigger(pickup_trigger.fifo_path(lc.socket))  # before anyone can connect
+            # before anyone can connect
+            self.trigger = PickupListener(pickup_trigger.fifo_path(lc.socket), self.pickup_wake.set)
             await self._unix_server(lc.socket, make)
             size = self.cfg.limits.max_message_size
             await self._unix_server(drop_path(lc.socket), lambda: DropProtocol(handler, size))
@@ -148,23 +150,10 @@ class Daemon:
         self.servers.append(srv)
         self.unix_paths.append(path)
 
-    def _listen_trigger(self, path: str) -> None:
-        self.trigger_fd = pickup_trigger.listen(path)
-        self.trigger_path = path
-        asyncio.get_running_loop().add_reader(self.trigger_fd, self._poked)
-
-    def _poked(self) -> None:
-        if pickup_trigger.drain(self.trigger_fd):
-            self.pickup_wake.set()
-
     def close_trigger(self) -> None:
-        if self.trigger_fd < 0:
-            return
-        asyncio.get_running_loop().remove_reader(self.trigger_fd)
-        os.close(self.trigger_fd)
-        self.trigger_fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.trigger_path)
+        if self.trigger is not None:
+            self.trigger.close()
+            self.trigger = None
 
     def _queued(self, qid: str) -> None:
         self.counters.bump("queued")
@@ -174,16 +163,31 @@ class Daemon:
     async def pickup_loop(self) -> None:
         while not self.stop_event.is_set():
             if self.pickup_wake.is_set():
-                # a poke: let the rest of a burst of sendmails land, so they share a group commit
-                await asyncio.sleep(PICKUP_GATHER)
-            self.pickup_wake.clear()  # a poke from now on means another scan
+                await self._gather()
+            self.pickup_wake.clear()
+            self._took_pokes()  # this scan covers every poke so far
             try:
                 names = [n for n in pickup.candidates(self.cfg.queue.maildrop) if n not in self.refused_drops]
             except OSError as exc:
                 log.error("cannot read maildrop %s: %s", self.cfg.queue.maildrop, exc)
                 names = []
             await self._pick(names)
+            if self.trigger is not None and self.trigger.round_done():
+                self.pickup_wake.set()
             await self._pickup_pause()
+
+    async def _gather(self) -> None:
+        """After a poke, let the rest of a burst of sendmails land: they share a group
+        commit, and our work on them does not compete with the senders still running.
+        Gathering goes on while pokes keep coming, for at most PICKUP_GATHER_MAX."""
+        until = time.monotonic() + PICKUP_GATHER_MAX
+        while True:
+            await asyncio.sleep(PICKUP_GATHER)
+            if not self._took_pokes() or time.monotonic() >= until:
+                return
+
+    def _took_pokes(self) -> bool:
+        return self.trigger is not None and self.trigger.take()
 
     async def _pick(self, names: list[str]) -> None:
         """Prepare files on the disk thread and commit them in batches bounded by count and bytes."""
@@ -226,7 +230,7 @@ class Daemon:
     async def _pickup_pause(self) -> None:
         """Until a poke on the trigger, a stop, or the next poll (for writers that do not poke)."""
         waits = [asyncio.ensure_future(e.wait()) for e in (self.pickup_wake, self.stop_event)]
-        poll = PICKUP_INTERVAL if self.trigger_fd < 0 else PICKUP_INTERVAL_TRIGGERED
+        poll = PICKUP_INTERVAL if self.trigger is None else PICKUP_INTERVAL_TRIGGERED
         await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
         for w in waits:
             w.cancel()

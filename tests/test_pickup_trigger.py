@@ -8,9 +8,13 @@ that arrives within a second, five times in a row, arrived because of the poke.
 
 from __future__ import annotations
 
+import array
+import asyncio
+import fcntl
 import os
 import stat
 import subprocess
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent import pickup_trigger
+from agent.pickup_listener import PickupListener
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
@@ -81,6 +86,64 @@ def test_listen_makes_a_fresh_0622_fifo_and_drain_counts_pokes(tmp_path: Path) -
         os.close(fd)
 
 
+# --- the daemon's end: one wake-up per round ------------------------------------------
+
+
+def waiting_pokes(path: str) -> int:
+    """Bytes in the FIFO that the daemon has not read (FIONREAD on a writer's descriptor)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        n = array.array("i", [0])
+        fcntl.ioctl(fd, termios.FIONREAD, n)
+        return n[0]
+    finally:
+        os.close(fd)
+
+
+async def test_listener_is_woken_once_and_leaves_the_bursts_pokes_unread(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock.pickup")
+    woken: list[float] = []
+    listener = PickupListener(path, lambda: woken.append(time.monotonic()))
+    try:
+        pickup_trigger.poke(path)
+        await asyncio.sleep(0.05)
+        assert len(woken) == 1 and waiting_pokes(path) == 0
+        for _ in range(3):  # the rest of the burst: written, read by nobody, nobody woken
+            pickup_trigger.poke(path)
+        await asyncio.sleep(0.05)
+        assert len(woken) == 1 and waiting_pokes(path) == 3
+        # the round ends with pokes waiting: another round is due, and we still do not listen
+        assert listener.round_done() is True
+        assert waiting_pokes(path) == 0
+        pickup_trigger.poke(path)
+        await asyncio.sleep(0.05)
+        assert len(woken) == 1 and waiting_pokes(path) == 1
+        assert listener.take() is True and listener.take() is False
+        # a round that saw no poke: listening again, and the next poke wakes us
+        assert listener.round_done() is False
+        pickup_trigger.poke(path)
+        await asyncio.sleep(0.05)
+        assert len(woken) == 2 and waiting_pokes(path) == 0
+    finally:
+        listener.close()
+    assert not os.path.exists(path)
+
+
+async def test_listener_sees_a_poke_that_lands_just_before_it_listens_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock.pickup")
+    woken: list[int] = []
+    listener = PickupListener(path, lambda: woken.append(1))
+    try:
+        pickup_trigger.poke(path)
+        await asyncio.sleep(0.05)
+        assert listener.round_done() is False  # listening again...
+        pickup_trigger.poke(path)  # ...and this one came before the loop looked: level-triggered
+        await asyncio.sleep(0.05)
+        assert woken == [1, 1]
+    finally:
+        listener.close()
+
+
 # --- through the daemon ------------------------------------------------------------
 
 
@@ -120,6 +183,21 @@ def test_root_writes_the_maildrop_and_the_poke_brings_it_at_once(site: AgentEnv)
         assert time.monotonic() - t0 < 1.0, "picked up by the 5 s poll, not by the poke"
     # the daemon's own log says which way each came in
     assert site.log().count("uid=0 (maildrop)") >= 5
+
+
+def test_a_burst_across_several_rounds_arrives_without_waiting_for_the_poll(site: AgentEnv) -> None:
+    """Pokes that come while a round runs are read when it ends and start the next round;
+    were they lost, files dropped during a round would wait for the 5 s poll."""
+    relay = site.relay
+    assert relay is not None
+    tag = os.urandom(3).hex()
+    rcpts = [f"burst{i}-{tag}@example.net" for i in range(40)]
+    for rcpt in rcpts:  # ~20 ms each: the burst outlasts one round's gathering (0.25 s)
+        res = site.sendmail(["-i", "-f", "app@example.com", rcpt], crlf("Subject: burst\n\nhi\n"))
+        assert res.returncode == 0, res.stderr
+    last = time.monotonic()
+    wait_until(lambda: all(any(r in m.rcpt_tos for m in relay.messages) for r in rcpts), 10)
+    assert time.monotonic() - last < 2.0, "part of the burst waited for the 5 s poll"
 
 
 def test_other_users_hand_mail_over_the_socket_while_the_daemon_runs(site: AgentEnv) -> None:
