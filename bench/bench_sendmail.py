@@ -4,7 +4,9 @@ Measured in one run, because passes differ by up to 35 % on a busy 2-core machin
 - relay-agent's installed stub (agent.stub.render: `#!<venv python> -SE`), what `install` puts
   at /usr/sbin/sendmail, with the daemon running (socket) and down (maildrop);
 - the plain console script .venv/bin/sendmail, for comparison (pip's wrapper imports `re`);
-- Postfix, nullmailer, dma and msmtp, each in its own namespace (bench/peers.sh);
+- Postfix, nullmailer, dma and msmtp, each in its own namespace (bench/peers.sh), relaying as
+  relay-agent does, over STARTTLS with AUTH to bench/tls_sink.py (a null client for the Elastx
+  relay does the same), and Postfix also to its plain smtp-sink as earlier runs measured it;
 - floors: spawning /bin/true and `python -S -E -c pass`.
 
 Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down.
@@ -142,12 +144,37 @@ def _maildrop_count(path: Path) -> int:
     return sum(1 for n in os.listdir(path) if not n.startswith(".")) if path.is_dir() else 0
 
 
-def measure_peer(peer: str, msg: Path, runs: int) -> dict[str, Any]:
+PLAIN = " (plain smtp-sink: no TLS, no AUTH)"
+
+
+def peer_tls(tmp: Path) -> Path:
+    """What bench/peers.sh needs to make each peer relay as relay-agent does (see SINK_TLS there)."""
+    from tests.support.relay_standin import _Pki
+
+    pki = _Pki.get()
+    d = tmp / "peer-tls"
+    d.mkdir()
+    pki.ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    pki.good.private_key_and_cert_chain_pem.write_to_path(str(d / "sink.pem"))
+    (d / "user").write_text("bench@example.com")
+    (d / "password").write_text("bench-" + os.urandom(6).hex())
+    for f in d.iterdir():
+        f.chmod(0o644)  # the peers' own users read them inside the namespace
+    d.chmod(0o755)
+    return d
+
+
+def measure_peer(peer: str, msg: Path, runs: int, tls: Path | None) -> dict[str, Any]:
+    """One peer in its namespace, relaying to a TLS sink with AUTH (`tls`) or to smtp-sink."""
+    name = peer if tls else peer + PLAIN
+    env = dict(os.environ)
+    if tls:
+        env.update(SINK_TLS=str(tls), SINK_PYTHON=sys.executable)
     why = subprocess.run(
-        [str(common.BENCH / "peers.sh"), "check", peer], capture_output=True, text=True, timeout=120
+        [str(common.BENCH / "peers.sh"), "check", peer], capture_output=True, text=True, timeout=120, env=env
     ).stdout.strip()
     if why != "ok":
-        return summarize(peer, {"error": why or "peers.sh check gave no answer"})
+        return summarize(name, {"error": why or "peers.sh check gave no answer"})
     prefix = [
         str(common.BENCH / "peers.sh"),
         "run",
@@ -158,12 +185,24 @@ def measure_peer(peer: str, msg: Path, runs: int) -> dict[str, Any]:
         "sh",
     ]
     note = {
-        "msmtp": "connects to smtp-sink per message",
+        "msmtp": "connects to the sink per message",
         "nullmailer": "enqueue; nullmailer-send drains",
         "dma": "enqueue, delivers in a forked child",
         "postfix": "postdrop into maildrop",
     }[peer]
-    return summarize(peer, timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3"), note)
+    res = summarize(name, timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3", env=env), note)
+    if tls:
+        count = _sink_count(tls / f"sink-{peer}.out")
+        res["note"] += f"; STARTTLS + AUTH, the sink took {count} transactions before the namespace closed"
+    return res
+
+
+def _sink_count(path: Path) -> str:
+    """What the peer's TLS sink counted (its last line), or why not."""
+    try:
+        return str(json.loads(path.read_text().strip().splitlines()[-1])["count"])
+    except (OSError, ValueError, KeyError, IndexError):
+        return "unknown"
 
 
 def floors(msg: Path, runs: int) -> list[dict[str, Any]]:
@@ -235,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         results = floors(msg, runs)
         results += measure_agent(msg, runs, tmp)
         if not args.no_peers:
-            results += [measure_peer(p, msg, runs) for p in args.peers.split(",") if p]
+            # each peer as relay-agent relays (STARTTLS, AUTH); Postfix also as before, plain
+            tls = peer_tls(tmp)
+            peers = [p for p in args.peers.split(",") if p]
+            results += [measure_peer(p, msg, runs, tls) for p in peers]
+            results += [measure_peer(p, msg, runs, None) for p in peers if p == "postfix"]
     rows = budget_rows(results)
     print(results_table(results))
     print()

@@ -11,15 +11,22 @@
 #                                        127.0.0.1:$SINK_PORT, and $PEER_SENDMAIL names the
 #                                        command that is the peer's `sendmail`
 #   bench/peers.sh check PEER            why PEER cannot run here, or "ok"
+#
+# With SINK_TLS=DIR (sink.pem: certificate and key, ca.pem, user, password) the upstream is
+# bench/tls_sink.py (run by $SINK_PYTHON) instead of smtp-sink, and every peer relays as it
+# would to the Elastx relay and as relay-agent does: STARTTLS, the CA checked where the
+# peer can, then AUTH.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PEERS=${PEERS_DIR:-$HERE/.peers}
 SINK_PORT=${SINK_PORT:-2525}
 ALL_PEERS="postfix nullmailer dma msmtp"
-# msmtp links libsecret, which is not part of a minimal Debian system.
-DEBS="postfix nullmailer dma msmtp libsecret-1-0"
+# msmtp links libsecret, which is not part of a minimal Debian system; Postfix's AUTH (SINK_TLS)
+# needs Cyrus SASL's client mechanisms, which may not be either.
+DEBS="postfix nullmailer dma msmtp libsecret-1-0 libsasl2-modules"
 
 die() { echo "peers.sh: $*" >&2; exit 1; }
+sink_secret() { cat "$SINK_TLS/$1"; }  # user or password of the TLS sink
 
 fetch() {
     command -v apt-get >/dev/null || die "apt-get not found: the peers are fetched as Debian packages"
@@ -81,6 +88,8 @@ add_user() {  # name uid gid home: in the overlay's /etc only
 }
 
 setup_postfix() {
+    local POSTFIX_TLS_LEVEL=none
+    [ -n "${SINK_TLS:-}" ] && POSTFIX_TLS_LEVEL=verify
     add_user postfix 2901 2901 /var/spool/postfix
     grep -q '^postdrop:' /etc/group || echo "postdrop:x:2902:" >>/etc/group
     mkdir -p /etc/postfix /var/lib/postfix /var/spool/postfix /var/log
@@ -96,10 +105,22 @@ inet_protocols = ipv4
 mydestination =
 relayhost = [127.0.0.1]:$SINK_PORT
 maillog_file = /var/log/postfix.log
-smtp_tls_security_level = none
+smtp_tls_security_level = ${POSTFIX_TLS_LEVEL:-none}
 alias_maps =
 alias_database =
 EOF
+    if [ -n "${SINK_TLS:-}" ]; then
+        # a null client for the Elastx relay: STARTTLS with the CA checked (level set above), then AUTH
+        tar -C "$PEERS/root/libsasl2-modules" -c . | tar -C / -x --keep-directory-symlink
+        cat >>/etc/postfix/main.cf <<EOF
+smtp_tls_verify_cert_match = nexthop
+smtp_tls_CAfile = $SINK_TLS/ca.pem
+smtp_sasl_auth_enable = yes
+smtp_sasl_password_maps = static:$(sink_secret user):$(sink_secret password)
+smtp_sasl_security_options = noanonymous
+smtp_sasl_tls_security_options = noanonymous
+EOF
+    fi
     # no chroot: the namespace is the sandbox, and a chroot would need copies of /etc files
     postconf -F '*/*/chroot = n' >/dev/null
     postfix set-permissions >/dev/null 2>&1 || true
@@ -110,7 +131,9 @@ EOF
 setup_nullmailer() {
     grep -q '^mail:' /etc/passwd || add_user mail 8 8 /var/mail
     mkdir -p /etc/nullmailer /var/spool/nullmailer/queue /var/spool/nullmailer/tmp /var/spool/nullmailer/failed
-    echo "127.0.0.1 smtp --port=$SINK_PORT" >/etc/nullmailer/remotes
+    local tls=""
+    [ -n "${SINK_TLS:-}" ] && tls=" --starttls --x509cafile=$SINK_TLS/ca.pem --user=$(sink_secret user) --pass=$(sink_secret password)"
+    echo "127.0.0.1 smtp --port=$SINK_PORT$tls" >/etc/nullmailer/remotes
     echo bench.localdomain >/etc/nullmailer/me
     echo bench.localdomain >/etc/mailname
     [ -p /var/spool/nullmailer/trigger ] || mkfifo /var/spool/nullmailer/trigger
@@ -132,6 +155,10 @@ MAILNAME /etc/mailname
 SPOOLDIR /var/spool/dma
 EOF
     : >/etc/dma/auth.conf
+    if [ -n "${SINK_TLS:-}" ]; then  # dma has no CA setting: it encrypts without checking
+        printf 'SECURETRANSFER\nSTARTTLS\nAUTHPATH /etc/dma/auth.conf\n' >>/etc/dma/dma.conf
+        echo "$(sink_secret user)|127.0.0.1:$(sink_secret password)" >/etc/dma/auth.conf
+    fi
     export PEER_SENDMAIL=/usr/sbin/sendmail
 }
 
@@ -146,6 +173,10 @@ host 127.0.0.1
 port $SINK_PORT
 from bench@bench.test
 EOF
+    if [ -n "${SINK_TLS:-}" ]; then
+        printf 'tls on\ntls_starttls on\ntls_trust_file %s\nauth on\nuser %s\npassword %s\n' \
+            "$SINK_TLS/ca.pem" "$(sink_secret user)" "$(sink_secret password)" >>/etc/msmtprc
+    fi
     chmod 0644 /etc/msmtprc
     # msmtp-mta's /usr/sbin/sendmail is a symlink to msmtp; use msmtp by name
     export PEER_SENDMAIL=/usr/bin/msmtp
@@ -163,8 +194,16 @@ inside() {
     # --keep-directory-symlink: /lib, /sbin are symlinks into /usr (usrmerge)
     tar -C "$PEERS/root/$peer" -c . | tar -C / -x --keep-directory-symlink
     local pf="$PEERS/root/postfix"
-    LD_LIBRARY_PATH="$pf/usr/lib/postfix" "$pf/usr/sbin/smtp-sink" -u nobody "127.0.0.1:$SINK_PORT" 1000 \
-        >/dev/null 2>&1 &
+    if [ -n "${SINK_TLS:-}" ]; then
+        "$SINK_PYTHON" "$HERE/tls_sink.py" "$SINK_TLS/sink.pem" "$(sink_secret user)" \
+            "$(sink_secret password)" "$SINK_PORT" >"$SINK_TLS/sink-$peer.out" 2>&1 &
+        SINK_PID=$!
+        # its count of what arrived, once the command is done (the namespace's end is a SIGKILL)
+        trap 'kill -TERM $SINK_PID; wait $SINK_PID; rm -rf "$SCRATCH"' EXIT
+    else
+        LD_LIBRARY_PATH="$pf/usr/lib/postfix" "$pf/usr/sbin/smtp-sink" -u nobody "127.0.0.1:$SINK_PORT" 1000 \
+            >/dev/null 2>&1 &
+    fi
     "setup_$peer"
     export PEER="$peer" SINK_PORT
     # wait for the sink, so a first message is not deferred

@@ -9,7 +9,7 @@ It runs as its own process; it prints one JSON line when listening and, on
 SIGTERM, one with the message count, the first and last arrival times
 (time.monotonic, comparable across processes) and its own CPU time.
 
-    python bench/tls_sink.py CERT_AND_KEY_PEM USER PASSWORD
+    python bench/tls_sink.py CERT_AND_KEY_PEM USER PASSWORD [PORT]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Sink(asyncio.Protocol):
         self.buf = b""
         self.in_data = False
         self.tls = False
+        self.authed = False
         self.login: list[str] | None = None
         self.transport: asyncio.Transport | None = None
         self.upgrade: asyncio.Future[None] | None = None
@@ -106,6 +107,8 @@ class Sink(asyncio.Protocol):
                 return b"334 VXNlcm5hbWU6\r\n"
             _, user, password = base64.b64decode(parts[2]).split(b"\0")
             return self._auth(user.decode(), password.decode())
+        if verb == b"MAIL" and not self.authed:  # as the Elastx relay: no mail without AUTH
+            return b"530 5.7.0 Authentication required\r\n"
         if verb == b"DATA":
             self.in_data = True
             return b"354 go ahead\r\n"
@@ -119,6 +122,7 @@ class Sink(asyncio.Protocol):
     def _auth(self, user: str, password: str) -> bytes:
         self.login = None
         ok = self.tls and user == self.user and password == self.password
+        self.authed = ok
         return b"235 2.7.0 ok\r\n" if ok else b"535 5.7.8 no\r\n"
 
     async def _starttls(self) -> None:
@@ -130,11 +134,11 @@ class Sink(asyncio.Protocol):
         self.data_received(b"")  # what arrived during the handshake
 
 
-async def main(cert: str, user: str, password: str) -> None:
+async def main(cert: str, user: str, password: str, port: str = "0") -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Sink(ctx, user, password), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: Sink(ctx, user, password), "127.0.0.1", int(port))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
@@ -155,4 +159,4 @@ async def main(cert: str, user: str, password: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))
