@@ -7,7 +7,11 @@ Measured in one run, because passes differ by up to 35 % on a busy 2-core machin
 - Postfix, nullmailer, dma and msmtp, each in its own namespace (bench/peers.sh), relaying as
   relay-agent does, over STARTTLS with AUTH to bench/tls_sink.py (a null client for the Elastx
   relay does the same), and Postfix also to its plain smtp-sink as earlier runs measured it;
-- floors: spawning /bin/true and `python -S -E -c pass`.
+- floors: spawning /bin/true and `python -S -E -c pass` (which includes the interpreter's
+  teardown; the stub skips it with posix._exit, so it can come in under this "floor").
+
+The budget's rows (the stub, daemon up and down) and Postfix's are timed in ROUNDS alternating
+blocks and pooled, so drift within the run falls on both sides alike.
 
 Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down.
 
@@ -22,16 +26,24 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import common
 from sink_relay import SinkRelay
 
+Block = Callable[[int, int], dict[str, Any]]  # (timed runs, RSS runs) -> timeloop's result
+
 PEERS = ("postfix", "nullmailer", "dma", "msmtp")
 BUDGET_MS = 20.0
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 AS_NOBODY_NAME = "relay-agent stub as nobody, daemon up (socket)"
+STUB_UP, STUB_DOWN = "relay-agent stub, daemon up", "relay-agent stub, daemon down (maildrop)"
+CONSOLE_UP = "relay-agent console script, daemon up"
+CONSOLE_DOWN = "relay-agent console script, daemon down (maildrop)"
+ROUNDS = 3  # the budget's rows take turns this many times (see measure_agent)
+WARMUP, RSS_RUNS = 3, 5  # untimed runs of each block (timeloop.py's --warmup) and peak-RSS runs
 
 
 def timeloop(
@@ -41,9 +53,11 @@ def timeloop(
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
     python: str = sys.executable,
+    rss_runs: int = RSS_RUNS,
 ) -> dict[str, Any]:
     """Run bench/timeloop.py (optionally inside `prefix`, e.g. a peer's namespace)."""
-    loop = [python, str(common.BENCH / "timeloop.py"), "--runs", str(runs), "--input", str(msg), "--"]
+    loop = [python, str(common.BENCH / "timeloop.py"), "--runs", str(runs), "--input", str(msg)]
+    loop += ["--warmup", str(WARMUP), "--rss-runs", str(rss_runs), "--"]
     proc = subprocess.run(
         [*(prefix or []), *loop, *cmd], env=env, capture_output=True, text=True, timeout=600
     )
@@ -91,53 +105,94 @@ def stub_script(directory: Path) -> Path:
     return path
 
 
-def measure_agent(msg: Path, runs: int, tmp: Path) -> list[dict[str, Any]]:
+def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None) -> list[dict[str, Any]]:
+    """relay-agent's rows. The budget's rows (the stub up and down) and Postfix's (`postfix`,
+    one block of n timed runs with r RSS runs) take turns in ROUNDS rounds, so that the VM's
+    drift (up to 2x within the hour) cannot favour either side; the other rows run once."""
     from tests.support.agent_env import AgentEnv
 
-    stub = stub_script(tmp)
-    console = str(common.VENV_BIN / "sendmail")
+    stub, console = str(stub_script(tmp)), str(common.VENV_BIN / "sendmail")
+    nobody = " ".join([*AS_NOBODY, stub])
+    rounds = ROUNDS if runs >= 10 * ROUNDS else 1
     (tmp / "agent").mkdir()
-    # upstream: the lean TLS sink in its own process, as Postfix's runs deliver to smtp-sink;
+    # upstream: the lean TLS sink in its own process, as the peers' is in their namespace;
     # the aiosmtpd stand-in would spend the 2 cores that the next sendmail is timed on
     with SinkRelay(tmp) as relay:
-        env = AgentEnv(tmp / "agent", relay)
-        results = _measure_up(env, [("relay-agent stub, daemon up", str(stub))], msg, runs)
+        ours = Ours(AgentEnv(tmp / "agent", relay), msg)
+        for r in range(rounds):
+            rss = RSS_RUNS if r == 0 else 0
+            # down first: the up block's daemon takes these files in before its timing starts
+            ours.down(STUB_DOWN, stub, runs // rounds, rss)
+            ours.up([(STUB_UP, stub)], runs // rounds, rss)
+            if postfix is not None:
+                ours.blocks.setdefault("postfix", []).append(postfix(runs // rounds, rss))
+        ours.down(CONSOLE_DOWN, console, runs, RSS_RUNS)
         # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so
         # with the daemon up they hand mail over the socket (agent.sendmail.deliver)
-        results += _measure_up(env, [(AS_NOBODY_NAME, " ".join([*AS_NOBODY, str(stub)]))], msg, runs)
-        results += _measure_up(env, [("relay-agent console script, daemon up", console)], msg, runs)
-        delivered = relay.finish()["count"]
-    submitted = sum(r["runs"] + 3 + 5 for r in results)  # the warm-up and RSS runs are real too
-    for r in results:
-        r["note"] = "; ".join(x for x in (r["note"], f"{delivered}/{submitted} relayed in all") if x)
-    for name, cmd in (
-        ("relay-agent stub, daemon down (maildrop)", str(stub)),
-        ("relay-agent console script, daemon down (maildrop)", console),
-    ):
-        before = _maildrop_count(env.maildrop)
-        res = summarize(name, timeloop([cmd, "-t", "-i"], msg, runs, env=env.env))
-        dropped = _maildrop_count(env.maildrop) - before
-        res["note"] = "; ".join(x for x in (res["note"], f"{dropped} files in maildrop") if x)
-        results.append(res)
+        ours.up([(AS_NOBODY_NAME, nobody), (CONSOLE_UP, console)], runs, RSS_RUNS)
+        relayed = f"{relay.finish()['count']}/{ours.submitted} relayed in all"
+    results = [summarize(n, pooled(ours.blocks[n]), relayed) for n in (STUB_UP, AS_NOBODY_NAME, CONSOLE_UP)]
+    for name in (STUB_DOWN, CONSOLE_DOWN):
+        note = f"{ours.dropped[name]} files in maildrop, taken in by the next daemon start"
+        results.append(summarize(name, pooled(ours.blocks[name]), note))
+    if postfix is not None:
+        results.append(peer_row("postfix", ours.blocks["postfix"], True))
     return results
 
 
-def _measure_up(env: Any, cmds: list[tuple[str, str]], msg: Path, runs: int) -> list[dict[str, Any]]:
-    """Each command timed with the daemon running; the queue drained before the daemon stops."""
-    try:
-        env.start()
-    except RuntimeError as exc:
-        why = f"daemon did not start: {common.brief(str(exc))}"
-        return [summarize(name, {"error": why}) for name, _ in cmds]
-    try:
-        results = [
-            summarize(name, timeloop([*cmd.split(), "-t", "-i"], msg, runs, env=env.env))
-            for name, cmd in cmds
-        ]
-        env.wait_queue_empty(60)
-    finally:
-        env.stop()
-    return results
+class Ours:
+    """relay-agent's timed blocks, what they submitted and what they left in the maildrop."""
+
+    def __init__(self, env: Any, msg: Path) -> None:
+        self.env, self.msg = env, msg
+        self.blocks: dict[str, list[dict[str, Any]]] = {}
+        self.dropped: dict[str, int] = {}
+        self.submitted = 0
+
+    def _time(self, name: str, cmd: str, runs: int, rss: int) -> None:
+        res = timeloop([*cmd.split(), "-t", "-i"], self.msg, runs, env=self.env.env, rss_runs=rss)
+        self.blocks.setdefault(name, []).append(res)
+        self.submitted += runs + WARMUP + rss  # the warm-up and RSS runs are real mail too
+
+    def down(self, name: str, cmd: str, runs: int, rss: int) -> None:
+        before = _maildrop_count(self.env.maildrop)
+        self._time(name, cmd, runs, rss)
+        self.dropped[name] = self.dropped.get(name, 0) + _maildrop_count(self.env.maildrop) - before
+
+    def up(self, cmds: list[tuple[str, str]], runs: int, rss: int) -> None:
+        """Each command timed with the daemon running, once it has taken in what the maildrop
+        held; the queue drained before the daemon stops."""
+        try:
+            self.env.start()
+            self.env.wait_queue_empty(60)
+        except (RuntimeError, TimeoutError) as exc:
+            for name, _ in cmds:
+                self.blocks.setdefault(name, []).append({"error": f"daemon: {common.brief(str(exc))}"})
+            self.env.stop()
+            return
+        try:
+            for name, cmd in cmds:
+                self._time(name, cmd, runs, rss)
+            self.env.wait_queue_empty(60)
+        finally:
+            self.env.stop()
+
+
+def pooled(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row's timed blocks as one result; an error in any block is the row's."""
+    for b in blocks:
+        if "error" in b:
+            return b
+    out: dict[str, Any] = {
+        "ns": [n for b in blocks for n in b["ns"]],
+        "rss_kib": [k for b in blocks for k in b["rss_kib"]],
+        "failures": sum(b["failures"] for b in blocks),
+        "sink": sum(b.get("sink", 0) for b in blocks),
+    }
+    stderr = [b["stderr"] for b in blocks if "stderr" in b]
+    if stderr:
+        out["stderr"] = stderr[-1]
+    return out
 
 
 def _maildrop_count(path: Path) -> int:
@@ -145,6 +200,12 @@ def _maildrop_count(path: Path) -> int:
 
 
 PLAIN = " (plain smtp-sink: no TLS, no AUTH)"
+PEER_NOTES = {
+    "msmtp": "connects to the sink per message",
+    "nullmailer": "enqueue; nullmailer-send drains",
+    "dma": "enqueue, delivers in a forked child",
+    "postfix": "postdrop into maildrop",
+}
 
 
 def peer_tls(tmp: Path) -> Path:
@@ -164,17 +225,28 @@ def peer_tls(tmp: Path) -> Path:
     return d
 
 
-def measure_peer(peer: str, msg: Path, runs: int, tls: Path | None) -> dict[str, Any]:
-    """One peer in its namespace, relaying to a TLS sink with AUTH (`tls`) or to smtp-sink."""
-    name = peer if tls else peer + PLAIN
+def peer_env(tls: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if tls:
         env.update(SINK_TLS=str(tls), SINK_PYTHON=sys.executable)
+    return env
+
+
+def peer_check(peer: str, tls: Path | None) -> str:
+    """ "ok", or why the peer cannot run here."""
     why = subprocess.run(
-        [str(common.BENCH / "peers.sh"), "check", peer], capture_output=True, text=True, timeout=120, env=env
+        [str(common.BENCH / "peers.sh"), "check", peer],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=peer_env(tls),
     ).stdout.strip()
-    if why != "ok":
-        return summarize(name, {"error": why or "peers.sh check gave no answer"})
+    return why or "peers.sh check gave no answer"
+
+
+def peer_block(peer: str, msg: Path, runs: int, tls: Path | None, rss: int = RSS_RUNS) -> dict[str, Any]:
+    """One block of timed runs of the peer in its namespace, relaying to a TLS sink with AUTH
+    (`tls`) or to smtp-sink; with `tls`, "sink" is what that sink took meanwhile."""
     prefix = [
         str(common.BENCH / "peers.sh"),
         "run",
@@ -184,25 +256,28 @@ def measure_peer(peer: str, msg: Path, runs: int, tls: Path | None) -> dict[str,
         'exec "$@" "$PEER_SENDMAIL" -t -i',
         "sh",
     ]
-    note = {
-        "msmtp": "connects to the sink per message",
-        "nullmailer": "enqueue; nullmailer-send drains",
-        "dma": "enqueue, delivers in a forked child",
-        "postfix": "postdrop into maildrop",
-    }[peer]
-    res = summarize(name, timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3", env=env), note)
-    if tls:
-        count = _sink_count(tls / f"sink-{peer}.out")
-        res["note"] += f"; STARTTLS + AUTH, the sink took {count} transactions before the namespace closed"
+    res = timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3", env=peer_env(tls), rss_runs=rss)
+    if tls and "error" not in res:
+        res["sink"] = _sink_count(tls / f"sink-{peer}.out")
     return res
 
 
-def _sink_count(path: Path) -> str:
-    """What the peer's TLS sink counted (its last line), or why not."""
+def peer_row(peer: str, blocks: list[dict[str, Any]], tls: bool) -> dict[str, Any]:
+    res = pooled(blocks)
+    row = summarize(peer if tls else peer + PLAIN, res, PEER_NOTES[peer])
+    if tls and "error" not in res:
+        row["note"] += (
+            f"; STARTTLS + AUTH, the sink took {res['sink']} transactions before each namespace closed"
+        )
+    return row
+
+
+def _sink_count(path: Path) -> int:
+    """What the peer's TLS sink counted (its last line); 0 when it could not say."""
     try:
-        return str(json.loads(path.read_text().strip().splitlines()[-1])["count"])
+        return int(json.loads(path.read_text().strip().splitlines()[-1])["count"])
     except (OSError, ValueError, KeyError, IndexError):
-        return "unknown"
+        return 0
 
 
 def floors(msg: Path, runs: int) -> list[dict[str, Any]]:
@@ -271,14 +346,22 @@ def main(argv: list[str] | None = None) -> int:
         msg = tmp / "message.eml"
         msg.write_bytes(common.message())
         msg.chmod(0o644)
+        peers = [] if args.no_peers else [p for p in args.peers.split(",") if p]
+        # each peer relays as relay-agent does (STARTTLS, AUTH); Postfix also as before, plain
+        tls = peer_tls(tmp)
+        ready = {p: peer_check(p, tls) for p in peers}
         results = floors(msg, runs)
-        results += measure_agent(msg, runs, tmp)
-        if not args.no_peers:
-            # each peer as relay-agent relays (STARTTLS, AUTH); Postfix also as before, plain
-            tls = peer_tls(tmp)
-            peers = [p for p in args.peers.split(",") if p]
-            results += [measure_peer(p, msg, runs, tls) for p in peers]
-            results += [measure_peer(p, msg, runs, None) for p in peers if p == "postfix"]
+        postfix = None
+        if ready.get("postfix") == "ok":
+            postfix = lambda n, rss: peer_block("postfix", msg, n, tls, rss)  # noqa: E731
+        results += measure_agent(msg, runs, tmp, postfix)
+        for p in peers:
+            if ready[p] != "ok":
+                results.append(summarize(p, {"error": ready[p]}))
+            elif p != "postfix":
+                results.append(peer_row(p, [peer_block(p, msg, runs, tls)], True))
+        if ready.get("postfix") == "ok" and peer_check("postfix", None) == "ok":
+            results.append(peer_row("postfix", [peer_block("postfix", msg, runs, None)], False))
     rows = budget_rows(results)
     print(results_table(results))
     print()

@@ -53,9 +53,10 @@ def test_sendmail_bench_quick() -> None:
         cells = table_row(out, name)
         assert number(cells[1]) > 0 and number(cells[2]) >= number(cells[1]), cells
         assert number(cells[3]) > 1, cells  # peak RSS in MiB: a Python process
-    # every submission really arrived: 5 timed + 3 warm-up + 5 RSS runs
-    # three daemon-up rows (root stub, stub as nobody, console script), 13 submissions each
-    assert "39/39 relayed in all" in table_row(out, "relay-agent stub, daemon up")[5]
+    # every submission really arrived: 5 timed + 3 warm-up + 5 RSS runs in each of five rows
+    # (up: root stub, stub as nobody, console script; down: stub, console script), as the
+    # maildrop's files are taken in by the daemon's next start
+    assert "65/65 relayed in all" in table_row(out, "relay-agent stub, daemon up")[5]
     assert "13 files in maildrop" in table_row(out, "relay-agent stub, daemon down")[5]
     assert table_row(out, "sendmail stub median, daemon up")[1] != "n/a"
     if "dma" in peers:
@@ -63,7 +64,7 @@ def test_sendmail_bench_quick() -> None:
         assert number(dma[1]) > 0
         # it relayed as relay-agent does: the TLS sink takes mail only after STARTTLS and AUTH
         took = dma[5].partition("the sink took ")[2].split()
-        assert took and took[0] != "unknown" and int(took[0]) > 0, dma
+        assert took and int(took[0]) > 0, dma
 
 
 def test_delivery_bench_quick() -> None:
