@@ -191,6 +191,12 @@ inside() {
     SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/peer-ns.XXXXXX")
     trap 'rm -rf "$SCRATCH"' EXIT
     overlay /etc; overlay /usr; overlay /var
+    # each peer's spool on a plain directory of that disk, not through the overlay, whose
+    # lookups and copy-ups cost Postfix's postdrop ~0.25 ms a message here
+    for spool in /var/spool/postfix /var/spool/nullmailer /var/spool/dma; do
+        mkdir -p "$SCRATCH/spools$spool" "$spool"
+        mount --bind "$SCRATCH/spools$spool" "$spool"
+    done
     # --keep-directory-symlink: /lib, /sbin are symlinks into /usr (usrmerge)
     tar -C "$PEERS/root/$peer" -c . | tar -C / -x --keep-directory-symlink
     local pf="$PEERS/root/postfix"
