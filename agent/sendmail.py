@@ -7,7 +7,6 @@ marshal file (agent.digest); TOML is parsed only when that is stale.
 """
 
 import posix  # not os: see config_path
-import pwd
 import sys
 import time
 
@@ -111,6 +110,8 @@ def normalize(data: bytes) -> bytes:
 
 
 def login_name() -> str:
+    import pwd  # here: most runs never ask (see envelope_sender), and the import costs ~0.03 ms
+
     uid = posix.getuid()
     try:
         return pwd.getpwuid(uid).pw_name
