@@ -267,7 +267,7 @@ def peer_row(peer: str, blocks: list[dict[str, Any]], tls: bool) -> dict[str, An
     row = summarize(peer if tls else peer + PLAIN, res, PEER_NOTES[peer])
     if tls and "error" not in res:
         row["note"] += (
-            f"; STARTTLS + AUTH, the sink took {res['sink']} transactions before each namespace closed"
+            f"; STARTTLS + AUTH, the sink took {res['sink']} transactions (its spool drained first)"
         )
     return row
 

@@ -28,6 +28,16 @@ DEBS="postfix nullmailer dma msmtp libsecret-1-0 libsasl2-modules"
 die() { echo "peers.sh: $*" >&2; exit 1; }
 sink_secret() { cat "$SINK_TLS/$1"; }  # user or password of the TLS sink
 
+drain_spool() {  # give the peer up to 5 s to relay what it queued, so the sink's count is whole
+    local i
+    for i in $(seq 100); do
+        [ -z "$(find /var/spool/postfix/maildrop /var/spool/postfix/incoming /var/spool/postfix/active \
+            /var/spool/postfix/deferred /var/spool/nullmailer/queue /var/spool/dma \
+            -type f 2>/dev/null | head -n 1)" ] && return
+        sleep 0.05
+    done
+}
+
 fetch() {
     command -v apt-get >/dev/null || die "apt-get not found: the peers are fetched as Debian packages"
     mkdir -p "$PEERS/debs"
@@ -205,7 +215,7 @@ inside() {
             "$(sink_secret password)" "$SINK_PORT" >"$SINK_TLS/sink-$peer.out" 2>&1 &
         SINK_PID=$!
         # its count of what arrived, once the command is done (the namespace's end is a SIGKILL)
-        trap 'kill -TERM $SINK_PID; wait $SINK_PID; rm -rf "$SCRATCH"' EXIT
+        trap 'drain_spool; kill -TERM $SINK_PID; wait $SINK_PID; rm -rf "$SCRATCH"' EXIT
     else
         LD_LIBRARY_PATH="$pf/usr/lib/postfix" "$pf/usr/sbin/smtp-sink" -u nobody "127.0.0.1:$SINK_PORT" 1000 \
             >/dev/null 2>&1 &
