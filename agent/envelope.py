@@ -1,4 +1,4 @@
-"""Queue file and state file formats: pure, stdlib-only (no re, no json).
+"""The queue file format: pure, stdlib-only (no re, no json).
 
 A queue file describes itself and is immutable once entered:
 
@@ -14,18 +14,8 @@ A queue file describes itself and is immutable once entered:
     RELAY-AGENT-END
 
 A file whose last bytes are not the end marker at the offset `size` predicts was
-never acknowledged (a crash mid-write) and goes to corrupt/.
-
-The mutable delivery state of a message lives beside it in a small state file,
-rewritten atomically after each attempt (absent = fresh, all recipients pending):
-
-    state deferred                (queued | deferred | failed | hold)
-    attempts 2
-    next 1700000060.0
-    error 451 4.3.0 try later     (last error, one line)
-    bounce 1                      (failed recipients whose bounce is not queued yet)
-    r 0 S                         (recipient index, P/S/F, optional error)
-    r 1 F 550 5.1.1 no such user
+never acknowledged (a crash mid-write) and goes to corrupt/. The state file beside it
+is agent.queue_state's.
 """
 
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
@@ -33,8 +23,6 @@ END = b"RELAY-AGENT-END\n"
 HEADER_SLACK = 1 << 20  # what a file or hand-over may hold beyond the message size limit: the envelope
 MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail
 DSN_KEYS = ("notify", "ret", "envid")
-
-PENDING, SENT, FAILED = "P", "S", "F"
 
 
 class FormatError(ValueError):
@@ -142,11 +130,11 @@ def parse_header(block: bytes) -> tuple[Envelope, int]:
                 raise FormatError("empty recipient")
             rcpts.append(value)
         elif key == "created":
-            created = _float(value)
+            created = read_float(value)
         elif key == "size":
-            size = _int(value)
+            size = read_int(value)
         elif key == "uid":
-            uid = _int(value)
+            uid = read_int(value)
         elif key in DSN_KEYS:
             dsn.append((key, value))
         else:
@@ -156,7 +144,7 @@ def parse_header(block: bytes) -> tuple[Envelope, int]:
     return Envelope(sender, tuple(rcpts), created, tuple(dsn), uid), size
 
 
-def _float(value: str) -> float:
+def read_float(value: str) -> float:
     try:
         n = float(value)
     except ValueError:
@@ -166,7 +154,7 @@ def _float(value: str) -> float:
     return n
 
 
-def _int(value: str) -> int:
+def read_int(value: str) -> int:
     if not value.lstrip("-").isdigit() or len(value) > 16:
         raise FormatError(f"bad number {value[:20]!r}")
     return int(value)
@@ -179,109 +167,3 @@ def decode(data: bytes) -> tuple[Envelope, bytes]:
     if len(data) != start + size + len(END) or not data.endswith(END):
         raise FormatError("queue file is incomplete (no end marker)")
     return env, data[start : start + size]
-
-
-class State:
-    """Mutable delivery state of one message (see the module docstring)."""
-
-    __slots__ = ("attempts", "bounce_due", "failed_at", "last_error", "next_attempt", "rcpt", "state")
-
-    def __init__(
-        self,
-        state: str = "queued",
-        attempts: int = 0,
-        next_attempt: float = 0.0,
-        last_error: str = "",
-        failed_at: float = 0.0,
-        rcpt: dict[int, tuple[str, str]] | None = None,
-        bounce_due: list[int] | None = None,
-    ) -> None:
-        self.state = state
-        self.attempts = attempts
-        self.next_attempt = next_attempt
-        self.last_error = last_error
-        self.failed_at = failed_at
-        self.rcpt: dict[int, tuple[str, str]] = {} if rcpt is None else rcpt
-        # failed recipients whose bounce is not queued yet (the queue was full)
-        self.bounce_due: list[int] = [] if bounce_due is None else bounce_due
-
-    def _key(self) -> tuple[object, ...]:
-        return (
-            self.state,
-            self.attempts,
-            self.next_attempt,
-            self.last_error,
-            self.failed_at,
-            self.rcpt,
-            self.bounce_due,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, State) and self._key() == other._key()
-
-    __hash__ = None  # type: ignore[assignment]  # mutable
-
-    def __repr__(self) -> str:
-        return f"State{self._key()!r}"
-
-    def rcpt_state(self, index: int) -> str:
-        return self.rcpt.get(index, (PENDING, ""))[0]
-
-    def rcpt_error(self, index: int) -> str:
-        return self.rcpt.get(index, (PENDING, ""))[1]
-
-    def pending(self, count: int) -> list[int]:
-        return [i for i in range(count) if self.rcpt_state(i) == PENDING]
-
-
-STATES = ("queued", "deferred", "failed", "hold")
-
-
-def encode_state(st: State) -> bytes:
-    lines = [
-        f"state {st.state}",
-        f"attempts {st.attempts}",
-        f"next {st.next_attempt!r}",
-        f"failed_at {st.failed_at!r}",
-    ]
-    if st.last_error:
-        lines.append("error " + clean_line(st.last_error))
-    if st.bounce_due:
-        lines.append("bounce " + " ".join(str(i) for i in st.bounce_due))
-    for i in sorted(st.rcpt):
-        s, err = st.rcpt[i]
-        lines.append(f"r {i} {s} {clean_line(err)}".rstrip())
-    return ("\n".join(lines) + "\n").encode()
-
-
-def decode_state(data: bytes) -> State:
-    st = State()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FormatError("state file is not UTF-8") from None
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "state":
-            if value not in STATES:
-                raise FormatError(f"unknown state {value[:20]!r}")
-            st.state = value
-        elif key == "attempts":
-            st.attempts = _int(value)
-        elif key == "next":
-            st.next_attempt = _float(value)
-        elif key == "failed_at":
-            st.failed_at = _float(value)
-        elif key == "bounce":
-            st.bounce_due = [_int(i) for i in value.split()]
-        elif key == "error":
-            st.last_error = value
-        elif key == "r":
-            idx, _, rest = value.partition(" ")
-            s, _, err = rest.partition(" ")
-            if s not in (PENDING, SENT, FAILED):
-                raise FormatError("bad recipient state")
-            st.rcpt[_int(idx)] = (s, err)
-        elif key:
-            raise FormatError(f"unknown state field {key[:20]!r}")
-    return st

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent import envelope as fmt
+from agent import queue_state as qs
 from agent.errors import NoSpaceError, TempError
 
 SUBDIRS = ("tmp", "msg", "state", "corrupt")
@@ -82,7 +83,7 @@ class Entry:
 
     qid: str
     envelope: fmt.Envelope
-    state: fmt.State
+    state: qs.State
     size: int
 
 
@@ -226,12 +227,12 @@ class Queue:
         block, _ = fmt.split_header(head)
         return fmt.parse_header(block)
 
-    def read_state(self, qid: str) -> fmt.State:
+    def read_state(self, qid: str) -> qs.State:
         try:
             with open(self.state_path(qid), "rb") as fh:
-                return fmt.decode_state(fh.read())
+                return qs.decode_state(fh.read())
         except FileNotFoundError:
-            return fmt.State()
+            return qs.State()
 
     def has_state(self) -> set[str]:
         return set(os.listdir(self.statedir))
@@ -241,17 +242,17 @@ class Queue:
         for qid in sorted(self.ids()):
             try:
                 env, size = self.read_envelope(qid)
-                st = self.read_state(qid) if qid in with_state else fmt.State()
+                st = self.read_state(qid) if qid in with_state else qs.State()
             except (OSError, fmt.FormatError):
                 continue  # vanished (delivered) or broken: the daemon quarantines it
             yield Entry(qid, env, st, size)
 
     # -- changing -------------------------------------------------------------
-    def write_state(self, qid: str, st: fmt.State) -> None:
+    def write_state(self, qid: str, st: qs.State) -> None:
         """Atomically replace the state file: one fsync per recorded transaction."""
         tmp = self.state_path(qid) + ".tmp"
         self._unlink_quiet(tmp)
-        write_durably(tmp, fmt.encode_state(st))
+        write_durably(tmp, qs.encode_state(st))
         os.rename(tmp, self.state_path(qid))
         fsync_dir(self.statedir)
 

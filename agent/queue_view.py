@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent import envelope as fmt
+from agent import queue_state as qs
 from agent.queue import Entry, Queue
 
 
@@ -17,7 +18,7 @@ def iso8601(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f"{z[:3]}:{z[3:]}"
 
 
-def state_of(st: fmt.State) -> str:
+def state_of(st: qs.State) -> str:
     if st.state == "hold":
         return "hold"
     return st.state if st.state in ("deferred", "failed") else "queued"
@@ -27,7 +28,7 @@ def item(e: Entry) -> dict[str, Any]:
     st = e.state
     rcpts = []
     for i, addr in enumerate(e.envelope.recipients):
-        s = {fmt.PENDING: "pending", fmt.SENT: "sent", fmt.FAILED: "failed"}[st.rcpt_state(i)]
+        s = {qs.PENDING: "pending", qs.SENT: "sent", qs.FAILED: "failed"}[st.rcpt_state(i)]
         rcpts.append({"address": addr, "state": s, "last_error": st.rcpt_error(i) or None})
     state = state_of(st)
     return {

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from agent import backoff, bounce, pacer
 from agent import envelope as fmt
+from agent import queue_state as qs
 from agent.cleanup import Cleanup, Prepared
 from agent.config import Config
 from agent.disk_thread import DiskThread
@@ -94,7 +95,7 @@ class Scheduler:
                 try:
                     st = self.queue.read_state(qid)
                 except (OSError, fmt.FormatError):
-                    st = fmt.State()
+                    st = qs.State()
                 if st.state == "hold":
                     continue
                 due = st.failed_at + self.cfg.queue.failed_keep if st.state == "failed" else st.next_attempt
@@ -264,7 +265,7 @@ class Scheduler:
         await self._record(qid, env, message, st, pending, list(tx.results), tx.relay, now)
         return conn
 
-    def _load(self, qid: str) -> tuple[fmt.Envelope, bytes, fmt.State]:
+    def _load(self, qid: str) -> tuple[fmt.Envelope, bytes, qs.State]:
         env, message = self.queue.read(qid)
         return env, message, self.queue.read_state(qid)
 
@@ -273,7 +274,7 @@ class Scheduler:
         qid: str,
         env: fmt.Envelope,
         message: bytes,
-        st: fmt.State,
+        st: qs.State,
         pending: list[int],
         results: list[RcptResult],
         relay: str,
@@ -288,9 +289,9 @@ class Scheduler:
             res = by_address[env.recipients[i]]
             self._log(qid, res, relay, now - env.created, started)
             if res.outcome == "sent":
-                st.rcpt[i] = (fmt.SENT, "")
+                st.rcpt[i] = (qs.SENT, "")
             elif res.outcome == "perm":
-                st.rcpt[i] = (fmt.FAILED, res.reply)
+                st.rcpt[i] = (qs.FAILED, res.reply)
                 newly_failed.append(bounce.FailedRecipient(res.address, res.reply, remote=bool(relay)))
             else:
                 temp_errors.append(res.reply)
@@ -300,7 +301,7 @@ class Scheduler:
                 # recorded with the failure, so a full queue or a crash cannot lose the bounce
                 st.bounce_due += [env.recipients.index(f.address) for f in newly_failed]
         still = st.pending(len(env.recipients))
-        any_failed = any(st.rcpt_state(i) == fmt.FAILED for i in range(len(env.recipients)))
+        any_failed = any(st.rcpt_state(i) == qs.FAILED for i in range(len(env.recipients)))
         due = now
         if not still:
             if not any_failed:
@@ -351,7 +352,7 @@ class Scheduler:
         return True
 
     async def _send_bounce(
-        self, qid: str, env: fmt.Envelope, message: bytes, st: fmt.State, relay: str = ""
+        self, qid: str, env: fmt.Envelope, message: bytes, st: qs.State, relay: str = ""
     ) -> bool:
         """Queue one DSN for the recipients in st.bounce_due; False to try again later."""
         failed = [

@@ -169,3 +169,25 @@ def test_preload_leaves_nothing_behind_when_a_module_fails(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-SE", "-c", probe], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_bundled_modules_lose_nothing_to_optimize_2() -> None:
+    """The bundle is compiled with optimize=2, which drops `assert` statements and
+    docstrings: none of its modules may rely on either."""
+    import ast
+
+    for name in fastload.SENDMAIL:
+        path = fastload.source_path(str(REPO / "agent"), name)
+        tree = ast.parse(Path(path).read_text(), path)
+        asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+        doc_reads = [
+            n.lineno
+            for n in ast.walk(tree)
+            if (isinstance(n, ast.Attribute) and n.attr == "__doc__")
+            or (isinstance(n, ast.Name) and n.id in ("__doc__", "__debug__"))
+        ]
+        assert not asserts and not doc_reads, (path, asserts, doc_reads)
+    # and the bundle really is built that way: no docstring survives in it
+    _, entries = marshal.loads(fastload.build(str(REPO / "agent"))[len(MAGIC) :])
+    errors = next(code for name, _, _, _, code in entries if name == "agent.errors")
+    assert not any(isinstance(c, str) and "sysexit" in c for c in errors.co_consts)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import backoff, bounce, envelope
+from agent import backoff, bounce, envelope, queue_state
 from agent.errors import TempError
 from agent.queue import Queue, new_id, valid_id
 from agent.queue_view import collect, format_mailq
@@ -79,7 +79,7 @@ def test_truncated_file_is_refused(q: Queue) -> None:
 
 def test_state_roundtrip_and_listing(q: Queue) -> None:
     qid = q.enter(ENV, BODY)
-    s = envelope.State("deferred", 2, 1700000100.0, "451 4.3.0 later", 0.0, {0: ("S", "")})
+    s = queue_state.State("deferred", 2, 1700000100.0, "451 4.3.0 later", 0.0, {0: ("S", "")})
     q.write_state(qid, s)
     assert q.read_state(qid) == s
     items = collect(q, str(q.path) + "/none")
@@ -102,7 +102,7 @@ def test_decode_arbitrary_bytes_only_raises_format_error(data: bytes) -> None:
         except envelope.FormatError:
             pass
     try:
-        envelope.decode_state(data)
+        queue_state.decode_state(data)
     except envelope.FormatError:
         pass
 
