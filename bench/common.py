@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,18 @@ def median(xs: Sequence[float]) -> float:
 def p90(xs: Sequence[float]) -> float:
     s = sorted(xs)
     return float(s[min(len(s) - 1, round(0.9 * (len(s) - 1)))])
+
+
+def ratio_interval(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % bootstrap interval of median(a) / median(b): how far the ratio of two medians
+    measured in one run could move by chance alone (each side resampled on its own)."""
+    rng = random.Random(seed)  # the same samples give the same interval on the page
+    ratios = sorted(
+        median(rng.choices(a, k=len(a))) / median(rng.choices(b, k=len(b))) for _ in range(resamples)
+    )
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def row(

@@ -114,3 +114,18 @@ def test_peer_namespace_is_private() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["lo", "SENDMAIL=/usr/sbin/sendmail"], proc.stdout
     assert not Path("/etc/relay-agent-bench-probe").exists()
+
+
+def test_ratio_interval_brackets_the_ratio_and_narrows_with_separation() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    same = [float(x % 7) + 5 for x in range(60)]
+    low, high = common.ratio_interval(same, same)
+    assert low < 1.0 < high  # equal samples: the interval must admit parity
+    doubled = [2 * x for x in same]
+    low, high = common.ratio_interval(doubled, same)
+    assert 1.5 < low <= 2.0 <= high < 2.7  # twice as slow: parity is outside it
+    assert common.ratio_interval(doubled, same) == (low, high)  # seeded: the page repeats
