@@ -59,7 +59,7 @@ def _chunks(text: str) -> list[str]:
     """Split at top-level commas; group names (`name:`) and `;` are separators too."""
     chunks: list[str] = []
     begin = angle = 0
-    marks, closed = _top_level(text, "<>,;:", escape_anywhere=False)
+    marks, closed = _top_level(text, "<>,;:")
     for n in marks:
         c = text[n]
         if c == "<":
@@ -81,13 +81,12 @@ def _chunks(text: str) -> list[str]:
     return chunks
 
 
-def _top_level(text: str, stops: str, escape_anywhere: bool) -> tuple[list[int], bool]:
+def _top_level(text: str, stops: str) -> tuple[list[int], bool]:
     """Positions of `stops` characters outside quoted strings and (comments), and
     whether every quote, comment and escape was closed.
 
-    A backslash escapes inside quotes and comments, and outside them only with
-    escape_anywhere: the list splitter takes a bare one literally, _mailbox does
-    not, and each rule decides what its caller accepts, so both are kept.
+    A backslash escapes the next character outside quotes too, as Postfix's tokenizer
+    reads it: `Doe\\, John <j@x>` is one mailbox, not `Doe\\` and `John <j@x>`.
     """
     if '"' not in text and "(" not in text and "\\" not in text:  # the usual address: no state to track
         return [n for n, c in enumerate(text) if c in stops], True
@@ -97,7 +96,7 @@ def _top_level(text: str, stops: str, escape_anywhere: bool) -> tuple[list[int],
     for n, c in enumerate(text):
         if escaped:
             escaped = False
-        elif c == "\\" and (escape_anywhere or quoted or depth):
+        elif c == "\\":
             escaped = True
         elif quoted:
             quoted = c != '"'
@@ -114,7 +113,7 @@ def _top_level(text: str, stops: str, escape_anywhere: bool) -> tuple[list[int],
 
 def _mailbox(chunk: str) -> str:
     """`Name <a@b>`, `a@b (comment)` or `"quoted local"@b` -> the addr-spec."""
-    marks = _top_level(chunk, "<>", escape_anywhere=True)[0]
+    marks = _top_level(chunk, "<>")[0]
     start = next((n for n in marks if chunk[n] == "<"), -1)
     if start >= 0:
         end = next((n for n in marks if n > start and chunk[n] == ">"), -1)

@@ -37,6 +37,9 @@ NAMES = local_names("web1.example.net")
         ('"john doe"@example.com', ['"john doe"@example.com']),
         ("<@relay.example:a@example.com>", ["a@example.com"]),
         ("=?utf-8?q?J=C3=B6rg?= <j@example.com>", ["j@example.com"]),
+        # a bare backslash escapes, as Postfix's tokenizer reads it: one mailbox, not two
+        ("Doe\\, John <j@example.com>, b@example.org", ["j@example.com", "b@example.org"]),
+        ("Doe\\<x\\> <j@example.com>", ["j@example.com"]),
         ("", []),
     ],
 )
@@ -57,6 +60,8 @@ def test_parse_address_list(text: str, expected: list[str]) -> None:
         "Name <a@example.com> trailing",
         "a@exa mple.com",
         "(unclosed a@b",
+        "a\\,b@example.com",  # one escaped chunk, and no backslash may stay in a bare local part
+        "a@example.com\\",  # an escape with nothing after it
     ],
 )
 def test_unparseable_addresses_are_message_errors(text: str) -> None:
