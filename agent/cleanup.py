@@ -72,6 +72,17 @@ class Cleanup:
         self.queue.check_space()
         now = time.time() if now is None else now
         qid = qid or new_id(now)
+        sender, rcpts = self.screen(sender, recipients, message)
+        body = headers.to_crlf(message)
+        body = headers.rewrite_from(body, self._local_from)
+        body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
+        body = longlines.make_safe(body)
+        body = self._received(qid, uid, origin, now) + body
+        return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
+
+    def screen(self, sender: str, recipients: Sequence[str], message: bytes) -> tuple[str, list[str]]:
+        """The envelope's refusals, cheap ones first (the drop socket answers with them before
+        storing anything): the sender rewritten and the recipients resolved, deduplicated."""
         if len(message) > self.cfg.limits.max_message_size:
             raise TooBigError(f"message exceeds the size limit of {self.cfg.limits.max_message_size} bytes")
         if b"\0" in message:
@@ -83,13 +94,7 @@ class Cleanup:
                     rcpts.append(resolved)
         if not rcpts:
             raise MessageError("no recipients")
-        sender = self.sender(sender) if sender else ""
-        body = headers.to_crlf(message)
-        body = headers.rewrite_from(body, self._local_from)
-        body = headers.add_missing(body, sender or self.mailer_daemon(), "", self.cfg.hostname, now)
-        body = longlines.make_safe(body)
-        body = self._received(qid, uid, origin, now) + body
-        return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
+        return (self.sender(sender) if sender else ""), rcpts
 
     def _drafts(self, message: bytes) -> tuple[Draft, ...]:
         domain = headers.from_domain(message)

@@ -17,7 +17,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent import config as config_mod
@@ -27,7 +26,7 @@ from agent.committer import Committer
 from agent.config import Config
 from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
-from agent.drop_socket import DropProtocol
+from agent.drop_socket import DropServer
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
 from agent.pickup_listener import PickupListener
 from agent.queue import Queue
@@ -38,6 +37,7 @@ from agent.smtp_client_lite import drop_path
 log = logging.getLogger("relay-agent")
 
 DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work finished or requeued
+LISTEN_BACKLOG = 128  # as asyncio's create_unix_server
 PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configured)
 PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
 PICKUP_GATHER = 0.05  # after a poke; well inside the 100 ms between sends at the default rate
@@ -92,6 +92,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.pickup_wake = asyncio.Event()
         self.trigger: PickupListener | None = None
+        self.drop: DropServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the drop socket's threads wake pickup on it
         self.unix_paths: list[str] = []
         self.refused_drops: set[str] = set()
 
@@ -129,26 +131,33 @@ class Daemon:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
             # before anyone can connect
             self.trigger = PickupListener(pickup_trigger.fifo_path(lc.socket), self.pickup_wake.set)
-            await self._unix_server(lc.socket, make)
-            size = self.cfg.limits.max_message_size
-            await self._unix_server(drop_path(lc.socket), lambda: DropProtocol(handler, size))
+            self.servers.append(await loop.create_unix_server(make, sock=self._bind_unix(lc.socket)))
+            self.loop = loop
+            self.drop = DropServer(self._bind_unix(drop_path(lc.socket)), self.cleanup, self._dropped)
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
             tcp = Handler(self.cleanup, self.scheduler.flush, "loopback", self.committer.commit)
             make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
 
-    async def _unix_server(self, path: str, make: Callable[[], asyncio.BaseProtocol]) -> None:
-        """A listener on `path` with the socket's mode and group (the drop socket's too)."""
+    def _bind_unix(self, path: str) -> socket.socket:
+        """A listening socket on `path` with the socket's mode and group (the drop socket's too)."""
         lc = self.cfg.listen
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        srv = await asyncio.get_running_loop().create_unix_server(make, path=path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        self.unix_paths.append(path)
         if lc.socket_group:
             os.chown(path, -1, grp.getgrnam(lc.socket_group).gr_gid)
         os.chmod(path, int(lc.socket_mode, 8))
-        self.servers.append(srv)
-        self.unix_paths.append(path)
+        sock.listen(LISTEN_BACKLOG)
+        return sock
+
+    def _dropped(self) -> None:
+        """The drop socket stored a file (called in its thread): pickup's turn."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.pickup_wake.set)
 
     def close_trigger(self) -> None:
         if self.trigger is not None:
@@ -295,6 +304,8 @@ class Daemon:
         log.info("stopping: no new mail accepted; draining deliveries in flight")
         for srv in self.servers:
             srv.close()
+        if self.drop is not None:
+            await asyncio.to_thread(self.drop.close)  # hand-overs in progress finish first
         self.close_trigger()
         await self.scheduler.stop()
 

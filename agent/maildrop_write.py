@@ -85,14 +85,22 @@ def write(
 ) -> str:
     """Durably store one message; returns its file name. Raises TempError on any trouble."""
     ensure_dir(maildrop)
+    return store(maildrop, min_free, encoded(sender, recipients, message, dsn))[0]
+
+
+def store(
+    maildrop: str, min_free: int, data: bytes, want_stat: bool = False
+) -> "tuple[str, posix.stat_result | None]":
+    """Durably store a maildrop file's bytes: its name, and its stat when asked for (the
+    drop socket names the queue id from it as pickup will)."""
     check_space(maildrop, min_free)
-    data = encoded(sender, recipients, message, dsn)
     name = posix.urandom(16).hex()
     tmp = f"{maildrop}/.t{name}"
     try:
         fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
+    st = None
     try:
         try:
             posix.fchmod(fd, 0o644)  # the daemon (another user) must read it whatever our umask
@@ -100,6 +108,8 @@ def write(
             while view:
                 view = view[posix.write(fd, view) :]
             posix.fsync(fd)
+            if want_stat:
+                st = posix.fstat(fd)
         finally:
             posix.close(fd)
         posix.rename(tmp, f"{maildrop}/{name}")
@@ -109,7 +119,7 @@ def write(
         if exc.errno == 28:  # ENOSPC
             raise NoSpaceError("queue file system is full") from None
         raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
-    return name
+    return name, st
 
 
 def _fsync_dir(path: str) -> None:

@@ -148,11 +148,12 @@ def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) ->
     try:
         data, st = read_untrusted(path, cleanup.cfg.limits.max_message_size)
         env, message = fmt.decode(data)
+        uid = submitter(st, env)
         prepared = cleanup.prepare(
             env.sender,
             list(env.recipients),
             message,
-            uid=st.st_uid,  # the file's owner, not what the file claims
+            uid=uid,
             dsn=env.dsn,
             origin="maildrop",
             qid=qid_for(name, st, cleanup.queue.key()),
@@ -161,7 +162,14 @@ def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) ->
         return None
     except Exception as exc:
         return _refused(path, name, corrupt_dir, exc)
-    return Picked(name, prepared, st.st_uid, env.sender, len(env.recipients), len(message))
+    return Picked(name, prepared, uid, env.sender, len(env.recipients), len(message))
+
+
+def submitter(st: os.stat_result, env: fmt.Envelope) -> int:
+    """Who submitted a maildrop file: its owner, never what it claims, unless the owner is
+    the daemon itself, whose drop socket wrote the uid SO_PEERCRED gave (agent.drop_socket).
+    Nobody else can make a file the daemon's: a hard link to one is refused (read_untrusted)."""
+    return env.uid if st.st_uid == os.geteuid() else st.st_uid
 
 
 def after_commit(maildrop: str, corrupt_dir: str, picked: Picked, result: str | BaseException) -> str | None:

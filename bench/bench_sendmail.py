@@ -33,14 +33,21 @@ from typing import Any
 import common
 from sink_relay import SinkRelay
 
-Block = Callable[[int, int], dict[str, Any]]  # (timed runs, RSS runs) -> timeloop's result
+Block = Callable[[int, int, bool], dict[str, Any]]  # (timed runs, RSS runs, as nobody) -> timeloop's result
 
 PEERS = ("postfix", "nullmailer", "dma", "msmtp")
 BUDGET_MS = 20.0
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-AS_NOBODY_NAME = "relay-agent stub as nobody, daemon up (socket)"
+AS_NOBODY_NAME = "relay-agent stub as nobody, daemon up (socket), setpriv included"
 STUB_UP, STUB_DOWN = "relay-agent stub, daemon up", "relay-agent stub, daemon down (maildrop)"
 CONSOLE_UP = "relay-agent console script, daemon up"
+POSTFIX, POSTFIX_NOBODY = "postfix", "postfix as nobody (setgid postdrop), setpriv included"
+# the budget's comparisons: (what the row says, our row, Postfix's row)
+VERSUS = (
+    ("daemon up", STUB_UP, POSTFIX),
+    ("daemon down (maildrop)", STUB_DOWN, POSTFIX),
+    ("as nobody, daemon up", AS_NOBODY_NAME, POSTFIX_NOBODY),
+)
 CONSOLE_DOWN = "relay-agent console script, daemon down (maildrop)"
 ROUNDS = 3  # the budget's rows take turns this many times (see measure_agent)
 WARMUP, RSS_RUNS = 3, 5  # untimed runs of each block (timeloop.py's --warmup) and peak-RSS runs
@@ -107,12 +114,16 @@ def stub_script(directory: Path) -> Path:
 
 
 def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None) -> list[dict[str, Any]]:
-    """relay-agent's rows. The budget's rows (the stub up and down) and Postfix's (`postfix`,
-    one block of n timed runs with r RSS runs) take turns in ROUNDS rounds, so that the VM's
-    drift (up to 2x within the hour) cannot favour either side; the other rows run once."""
+    """relay-agent's rows. The budget's rows (the stub up and down, as root and as nobody) and
+    Postfix's (`postfix(n, r, as_nobody)`: one block of n timed runs with r RSS runs) take
+    turns in ROUNDS rounds, so that the VM's drift (up to 2x within the hour) cannot favour
+    either side; the console script's rows run once."""
     from tests.support.agent_env import AgentEnv
 
     stub, console = str(stub_script(tmp)), str(common.VENV_BIN / "sendmail")
+    # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so with
+    # the daemon up they hand mail over the socket (agent.sendmail.deliver); Postfix's
+    # postdrop is setgid, so for it nobody is root with setpriv's cost added
     nobody = " ".join([*AS_NOBODY, stub])
     rounds = ROUNDS if runs >= 10 * ROUNDS else 1
     (tmp / "agent").mkdir()
@@ -124,20 +135,20 @@ def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None)
             rss = RSS_RUNS if r == 0 else 0
             # down first: the up block's daemon takes these files in before its timing starts
             ours.down(STUB_DOWN, stub, runs // rounds, rss)
-            ours.up([(STUB_UP, stub)], runs // rounds, rss)
+            ours.up([(STUB_UP, stub), (AS_NOBODY_NAME, nobody)], runs // rounds, rss)
             if postfix is not None:
-                ours.blocks.setdefault("postfix", []).append(postfix(runs // rounds, rss))
+                ours.blocks.setdefault(POSTFIX, []).append(postfix(runs // rounds, rss, False))
+                ours.blocks.setdefault(POSTFIX_NOBODY, []).append(postfix(runs // rounds, rss, True))
         ours.down(CONSOLE_DOWN, console, runs, RSS_RUNS)
-        # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so
-        # with the daemon up they hand mail over the socket (agent.sendmail.deliver)
-        ours.up([(AS_NOBODY_NAME, nobody), (CONSOLE_UP, console)], runs, RSS_RUNS)
+        ours.up([(CONSOLE_UP, console)], runs, RSS_RUNS)
         relayed = f"{relay.finish()['count']}/{ours.submitted} relayed in all"
     results = [summarize(n, pooled(ours.blocks[n]), relayed) for n in (STUB_UP, AS_NOBODY_NAME, CONSOLE_UP)]
     for name in (STUB_DOWN, CONSOLE_DOWN):
         note = f"{ours.dropped[name]} files in maildrop, taken in by the next daemon start"
         results.append(summarize(name, pooled(ours.blocks[name]), note))
     if postfix is not None:
-        results.append(peer_row("postfix", ours.blocks["postfix"], True))
+        results.append(peer_row("postfix", ours.blocks[POSTFIX], True))
+        results.append(peer_row("postfix", ours.blocks[POSTFIX_NOBODY], True, POSTFIX_NOBODY))
     return results
 
 
@@ -245,16 +256,19 @@ def peer_check(peer: str, tls: Path | None) -> str:
     return why or "peers.sh check gave no answer"
 
 
-def peer_block(peer: str, msg: Path, runs: int, tls: Path | None, rss: int = RSS_RUNS) -> dict[str, Any]:
+def peer_block(
+    peer: str, msg: Path, runs: int, tls: Path | None, rss: int = RSS_RUNS, as_nobody: bool = False
+) -> dict[str, Any]:
     """One block of timed runs of the peer in its namespace, relaying to a TLS sink with AUTH
     (`tls`) or to smtp-sink; with `tls`, "sink" is what that sink took meanwhile."""
+    user = " ".join(AS_NOBODY) + " " if as_nobody else ""
     prefix = [
         str(common.BENCH / "peers.sh"),
         "run",
         peer,
         "sh",
         "-c",
-        'exec "$@" "$PEER_SENDMAIL" -t -i',
+        f'exec "$@" {user}"$PEER_SENDMAIL" -t -i',
         "sh",
     ]
     res = timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3", env=peer_env(tls), rss_runs=rss)
@@ -263,9 +277,9 @@ def peer_block(peer: str, msg: Path, runs: int, tls: Path | None, rss: int = RSS
     return res
 
 
-def peer_row(peer: str, blocks: list[dict[str, Any]], tls: bool) -> dict[str, Any]:
+def peer_row(peer: str, blocks: list[dict[str, Any]], tls: bool, name: str = "") -> dict[str, Any]:
     res = pooled(blocks)
-    row = summarize(peer if tls else peer + PLAIN, res, PEER_NOTES[peer])
+    row = summarize(name or (peer if tls else peer + PLAIN), res, PEER_NOTES[peer])
     if tls and "error" not in res:
         row["note"] += (
             f"; STARTTLS + AUTH, the sink took {res['sink']} transactions (its spool drained first)"
@@ -294,37 +308,22 @@ def floors(msg: Path, runs: int) -> list[dict[str, Any]]:
 
 def budget_rows(results: list[dict[str, Any]]) -> list[common.Row]:
     by = {r["name"]: r for r in results}
-    postfix = by.get("postfix", {}).get("median_ms")
-    postfix_ms = by.get("postfix", {}).get("samples_ms")
     rows = []
     for state in ("daemon up", "daemon down (maildrop)"):
         ours = by.get(f"relay-agent stub, {state}", {}).get("median_ms")
         ok = None if ours is None else ours <= BUDGET_MS
         rows.append(common.row(f"sendmail stub median, {state}", ours, "ms", "<= 20 ms", ok))
-        if ours is not None and postfix is not None:
-            low, high = common.ratio_interval(by[f"relay-agent stub, {state}"]["samples_ms"], postfix_ms)
-            rows.append(
-                common.row(
-                    f"sendmail stub vs Postfix, {state}",
-                    ours / postfix,
-                    "x Postfix",
-                    "<= 1.0",
-                    ours <= postfix,
-                    f"Postfix {postfix:.2f} ms in the same run; 95 % interval of the ratio"
-                    f" {low:.2f}-{high:.2f} (bootstrap)",
-                )
-            )
-        else:
-            rows.append(
-                common.row(
-                    f"sendmail stub vs Postfix, {state}",
-                    None,
-                    "",
-                    "<= 1.0",
-                    None,
-                    "Postfix or relay-agent not measured",
-                )
-            )
+    for state, ours_name, peer_name in VERSUS:
+        what = f"sendmail stub vs Postfix, {state}"
+        ours, peer = by.get(ours_name, {}), by.get(peer_name, {})
+        if ours.get("median_ms") is None or peer.get("median_ms") is None:
+            rows.append(common.row(what, None, "", "<= 1.0", None, "Postfix or relay-agent not measured"))
+            continue
+        low, high = common.ratio_interval(ours["samples_ms"], peer["samples_ms"])
+        note = f"Postfix {peer['median_ms']:.2f} ms in the same run; 95 % interval of the ratio"
+        note += f" {low:.2f}-{high:.2f} (bootstrap)"
+        ratio = ours["median_ms"] / peer["median_ms"]
+        rows.append(common.row(what, ratio, "x Postfix", "<= 1.0", ratio <= 1.0, note))
     return rows
 
 
@@ -357,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         results = floors(msg, runs)
         postfix = None
         if ready.get("postfix") == "ok":
-            postfix = lambda n, rss: peer_block("postfix", msg, n, tls, rss)  # noqa: E731
+            postfix = lambda n, rss, nobody: peer_block("postfix", msg, n, tls, rss, nobody)  # noqa: E731
         results += measure_agent(msg, runs, tmp, postfix)
         for p in peers:
             if ready[p] != "ok":

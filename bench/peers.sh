@@ -134,6 +134,10 @@ EOF
     # no chroot: the namespace is the sandbox, and a chroot would need copies of /etc files
     postconf -F '*/*/chroot = n' >/dev/null
     postfix set-permissions >/dev/null 2>&1 || true
+    # what Debian's postinst does with dpkg-statoverride (dpkg-deb -x sets no setgid bits), so
+    # that users other than root can post: postdrop and postqueue are setgid postdrop
+    chgrp postdrop /usr/sbin/postdrop /usr/sbin/postqueue
+    chmod 2555 /usr/sbin/postdrop /usr/sbin/postqueue
     postfix start >/dev/null 2>&1 || { cat /var/log/postfix.log >&2 2>/dev/null; die "postfix start failed"; }
     export PEER_SENDMAIL=/usr/sbin/sendmail
 }

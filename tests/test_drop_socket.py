@@ -75,7 +75,18 @@ def test_hand_over_is_queued_signed_and_named_by_the_peers_uid(site: AgentEnv) -
     assert b"DKIM-Signature:" in got
     line = next(ln for ln in got.split(b"\r\n") if ln.startswith(b"Received: by"))
     assert b"from userid 0" in line and b"4242" not in got
-    assert f"uid={os.getuid()} (queued)" in site.log()
+    assert f"uid={os.getuid()} (dropped)" in site.log()
+
+
+def test_the_reply_names_the_queue_id_pickup_gives_the_file(site: AgentEnv) -> None:
+    rcpt = f"qid-{os.urandom(3).hex()}@example.net"
+    reply = raw_reply(site, data(rcpt)).decode()
+    assert reply.startswith("250 2.0.0 Ok: queued as "), reply
+    qid = reply.split()[-1]
+    received(site, rcpt)
+    log = site.log()
+    assert f"{qid}: from=<app@example.com>, nrcpt=1, size=" in log and "(maildrop)" in log
+    assert f"{qid}: to=<{rcpt}>" in log and "status=sent" in log
 
 
 def test_refusals_come_back_as_the_errors_sendmail_exits_with(site: AgentEnv) -> None:
