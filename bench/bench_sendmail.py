@@ -33,7 +33,8 @@ from typing import Any
 import common
 from sink_relay import SinkRelay
 
-Block = Callable[[int, int, bool], dict[str, Any]]  # (timed runs, RSS runs, as nobody) -> timeloop's result
+# (timed runs, RSS runs, as nobody, rest before each run) -> timeloop's result
+Block = Callable[[int, int, bool, float], dict[str, Any]]
 
 PEERS = ("postfix", "nullmailer", "dma", "msmtp")
 BUDGET_MS = 20.0
@@ -41,12 +42,16 @@ AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 AS_NOBODY_NAME = "relay-agent stub as nobody, daemon up (socket), setpriv included"
 STUB_UP, STUB_DOWN = "relay-agent stub, daemon up", "relay-agent stub, daemon down (maildrop)"
 CONSOLE_UP = "relay-agent console script, daemon up"
+PACE = 0.1  # seconds between the paced rows' runs: one mail per web request, the daemon idle
+AS_NOBODY_PACED = f"relay-agent stub as nobody, one every {PACE * 1000:g} ms, setpriv included"
 POSTFIX, POSTFIX_NOBODY = "postfix", "postfix as nobody (setgid postdrop), setpriv included"
+POSTFIX_PACED = f"postfix as nobody, one every {PACE * 1000:g} ms, setpriv included"
 # the budget's comparisons: (what the row says, our row, Postfix's row)
 VERSUS = (
     ("daemon up", STUB_UP, POSTFIX),
     ("daemon down (maildrop)", STUB_DOWN, POSTFIX),
     ("as nobody, daemon up", AS_NOBODY_NAME, POSTFIX_NOBODY),
+    (f"as nobody, one every {PACE * 1000:g} ms", AS_NOBODY_PACED, POSTFIX_PACED),
 )
 CONSOLE_DOWN = "relay-agent console script, daemon down (maildrop)"
 ROUNDS = 3  # the budget's rows take turns this many times (see measure_agent)
@@ -61,9 +66,11 @@ def timeloop(
     prefix: list[str] | None = None,
     python: str = sys.executable,
     rss_runs: int = RSS_RUNS,
+    gap: float = 0.0,
 ) -> dict[str, Any]:
     """Run bench/timeloop.py (optionally inside `prefix`, e.g. a peer's namespace)."""
     loop = [python, str(common.BENCH / "timeloop.py"), "--runs", str(runs), "--input", str(msg)]
+    loop += ["--gap", str(gap)]
     loop += ["--warmup", str(WARMUP), "--rss-runs", str(rss_runs), "--"]
     proc = subprocess.run(
         [*(prefix or []), *loop, *cmd], env=env, capture_output=True, text=True, timeout=600
@@ -135,20 +142,27 @@ def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None)
             rss = RSS_RUNS if r == 0 else 0
             # down first: the up block's daemon takes these files in before its timing starts
             ours.down(STUB_DOWN, stub, runs // rounds, rss)
-            ours.up([(STUB_UP, stub), (AS_NOBODY_NAME, nobody)], runs // rounds, rss)
+            ours.up(
+                [(STUB_UP, stub, 0.0), (AS_NOBODY_NAME, nobody, 0.0), (AS_NOBODY_PACED, nobody, PACE)],
+                runs // rounds,
+                rss,
+            )
             if postfix is not None:
-                ours.blocks.setdefault(POSTFIX, []).append(postfix(runs // rounds, rss, False))
-                ours.blocks.setdefault(POSTFIX_NOBODY, []).append(postfix(runs // rounds, rss, True))
+                ours.blocks.setdefault(POSTFIX, []).append(postfix(runs // rounds, rss, False, 0.0))
+                ours.blocks.setdefault(POSTFIX_NOBODY, []).append(postfix(runs // rounds, rss, True, 0.0))
+                ours.blocks.setdefault(POSTFIX_PACED, []).append(postfix(runs // rounds, 0, True, PACE))
         ours.down(CONSOLE_DOWN, console, runs, RSS_RUNS)
-        ours.up([(CONSOLE_UP, console)], runs, RSS_RUNS)
+        ours.up([(CONSOLE_UP, console, 0.0)], runs, RSS_RUNS)
         relayed = f"{relay.finish()['count']}/{ours.submitted} relayed in all"
-    results = [summarize(n, pooled(ours.blocks[n]), relayed) for n in (STUB_UP, AS_NOBODY_NAME, CONSOLE_UP)]
+    up = (STUB_UP, AS_NOBODY_NAME, AS_NOBODY_PACED, CONSOLE_UP)
+    results = [summarize(n, pooled(ours.blocks[n]), relayed) for n in up]
     for name in (STUB_DOWN, CONSOLE_DOWN):
         note = f"{ours.dropped[name]} files in maildrop, taken in by the next daemon start"
         results.append(summarize(name, pooled(ours.blocks[name]), note))
     if postfix is not None:
         results.append(peer_row("postfix", ours.blocks[POSTFIX], True))
         results.append(peer_row("postfix", ours.blocks[POSTFIX_NOBODY], True, POSTFIX_NOBODY))
+        results.append(peer_row("postfix", ours.blocks[POSTFIX_PACED], True, POSTFIX_PACED))
     return results
 
 
@@ -161,8 +175,8 @@ class Ours:
         self.dropped: dict[str, int] = {}
         self.submitted = 0
 
-    def _time(self, name: str, cmd: str, runs: int, rss: int) -> None:
-        res = timeloop([*cmd.split(), "-t", "-i"], self.msg, runs, env=self.env.env, rss_runs=rss)
+    def _time(self, name: str, cmd: str, runs: int, rss: int, gap: float = 0.0) -> None:
+        res = timeloop([*cmd.split(), "-t", "-i"], self.msg, runs, env=self.env.env, rss_runs=rss, gap=gap)
         self.blocks.setdefault(name, []).append(res)
         self.submitted += runs + WARMUP + rss  # the warm-up and RSS runs are real mail too
 
@@ -171,20 +185,21 @@ class Ours:
         self._time(name, cmd, runs, rss)
         self.dropped[name] = self.dropped.get(name, 0) + _maildrop_count(self.env.maildrop) - before
 
-    def up(self, cmds: list[tuple[str, str]], runs: int, rss: int) -> None:
-        """Each command timed with the daemon running, once it has taken in what the maildrop
-        held; the queue drained before the daemon stops."""
+    def up(self, cmds: list[tuple[str, str, float]], runs: int, rss: int) -> None:
+        """Each command (name, command line, rest before each run) timed with the daemon
+        running, once it has taken in what the maildrop held; the queue drained before the
+        daemon stops. Paced commands take no RSS runs: their unpaced row has them."""
         try:
             self.env.start()
             self.env.wait_queue_empty(60)
         except (RuntimeError, TimeoutError) as exc:
-            for name, _ in cmds:
+            for name, _, _ in cmds:
                 self.blocks.setdefault(name, []).append({"error": f"daemon: {common.brief(str(exc))}"})
             self.env.stop()
             return
         try:
-            for name, cmd in cmds:
-                self._time(name, cmd, runs, rss)
+            for name, cmd, gap in cmds:
+                self._time(name, cmd, runs, 0 if gap else rss, gap)
             self.env.wait_queue_empty(60)
         finally:
             self.env.stop()
@@ -257,7 +272,13 @@ def peer_check(peer: str, tls: Path | None) -> str:
 
 
 def peer_block(
-    peer: str, msg: Path, runs: int, tls: Path | None, rss: int = RSS_RUNS, as_nobody: bool = False
+    peer: str,
+    msg: Path,
+    runs: int,
+    tls: Path | None,
+    rss: int = RSS_RUNS,
+    as_nobody: bool = False,
+    gap: float = 0.0,
 ) -> dict[str, Any]:
     """One block of timed runs of the peer in its namespace, relaying to a TLS sink with AUTH
     (`tls`) or to smtp-sink; with `tls`, "sink" is what that sink took meanwhile."""
@@ -271,7 +292,9 @@ def peer_block(
         f'exec "$@" {user}"$PEER_SENDMAIL" -t -i',
         "sh",
     ]
-    res = timeloop([], msg, runs, prefix=prefix, python="/usr/bin/python3", env=peer_env(tls), rss_runs=rss)
+    res = timeloop(
+        [], msg, runs, prefix=prefix, python="/usr/bin/python3", env=peer_env(tls), rss_runs=rss, gap=gap
+    )
     if tls and "error" not in res:
         res["sink"] = _sink_count(tls / f"sink-{peer}.out")
     return res
@@ -356,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         results = floors(msg, runs)
         postfix = None
         if ready.get("postfix") == "ok":
-            postfix = lambda n, rss, nobody: peer_block("postfix", msg, n, tls, rss, nobody)  # noqa: E731
+            postfix = lambda n, rss, nobody, gap: peer_block("postfix", msg, n, tls, rss, nobody, gap)  # noqa: E731
         results += measure_agent(msg, runs, tmp, postfix)
         for p in peers:
             if ready[p] != "ok":
