@@ -11,9 +11,9 @@ own commit (~0.7 ms against ~2.1 ms here), and the event loop is not in its path
 
 The bytes are untrusted input: read with the maildrop's size limit, parsed and put
 through cleanup's envelope checks (size, NUL, recipients against [aliases], sender)
-before anything is written, so those refusals still come back before sendmail exits. The uid comes from SO_PEERCRED; the file's uid line
-is rewritten with it, and pickup trusts a uid line only in files the daemon itself
-owns (see pickup.submitter).
+before anything is written, so those refusals still come back before sendmail exits.
+The uid comes from SO_PEERCRED; the file's uid line is rewritten with it, and pickup
+trusts a uid line only in files the daemon itself owns (see pickup.submitter).
 
 Threads, not the event loop: each hand-over is a few syscalls that release the GIL,
 and a busy loop (TLS, DKIM) would otherwise sit between the client and its 250.
