@@ -109,6 +109,7 @@ class Daemon:
         refresh_digest(self.cfg)
         self.queue.ensure_dirs()
         pickup.ensure_maildrop(self.cfg.queue.maildrop)
+        self.queue.key()  # made now, before the drop socket's threads and pickup both want it
         for note in self.queue.recover():
             log.warning("%s", note)
         count = self.scheduler.load_index()

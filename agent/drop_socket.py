@@ -21,9 +21,9 @@ and a busy loop (TLS, DKIM) would otherwise sit between the client and its 250.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +32,8 @@ from agent import envelope as fmt
 from agent import maildrop_write
 from agent.cleanup import Cleanup
 from agent.errors import AgentError
-from agent.pickup import qid_for
+from agent.pickup import qid_for, shown
+from agent.server import socket_peer_uid
 
 log = logging.getLogger("relay-agent")
 
@@ -53,6 +54,8 @@ class DropServer:
         self.dropped = dropped  # wakes pickup; must be safe to call from any thread
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="drop")
         self.closing = False
+        self.active: set[socket.socket] = set()  # connections being served
+        self.idle = threading.Condition()  # notified whenever one of them ends
         self.acceptor = threading.Thread(target=self._accept_loop, name="drop-accept", daemon=True)
         self.acceptor.start()
 
@@ -67,7 +70,9 @@ class DropServer:
             self.pool.submit(self._serve, conn)
 
     def close(self) -> None:
-        """No new hand-overs; those in progress finish (each is one durable write)."""
+        """No new hand-overs. Those in progress get STOP_WAIT seconds to finish (each is one
+        durable write); a client still sending after that is cut off, and nothing of its
+        message is stored, so the daemon still stops within systemd's 10 s."""
         self.closing = True
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept() in the acceptor thread
@@ -75,9 +80,24 @@ class DropServer:
             pass
         self.sock.close()
         self.acceptor.join(STOP_WAIT)
+        with self.idle:
+            self.idle.wait_for(lambda: not self.active, STOP_WAIT)
+            for conn in self.active:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)  # its recv() ends: a short, refused message
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _serve(self, conn: socket.socket) -> None:
+        with self.idle:
+            self.active.add(conn)
+        try:
+            self._serve_one(conn)
+        finally:
+            with self.idle:
+                self.active.discard(conn)
+                self.idle.notify_all()
+
+    def _serve_one(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(IO_TIMEOUT)
             try:
@@ -95,7 +115,9 @@ class DropServer:
     def _take(self, conn: socket.socket) -> str:
         cleanup = self.cleanup()
         cfg = cleanup.cfg
-        uid = peer_uid(conn)
+        uid = socket_peer_uid(conn)
+        if uid < 0:  # never seen on Linux; without it the file could not name its submitter
+            return "451 4.3.0 cannot tell who is submitting; try again later"
         data = read_limited(conn, cfg.limits.max_message_size + fmt.HEADER_SLACK)
         if data is None:
             # the rest is read and dropped, so the client's write ends and it reads this
@@ -115,18 +137,16 @@ class DropServer:
         log.info(
             "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (dropped)",
             qid,
-            env.sender,
+            shown(env.sender),
             len(env.recipients),
             len(message),
             uid,
         )
-        self.dropped()
+        try:
+            self.dropped()
+        except Exception:  # e.g. the loop closing at shutdown: the file is safe, pickup finds it later
+            log.warning("%s: could not wake pickup; the next scan takes it", qid)
         return f"250 2.0.0 Ok: queued as {qid}"
-
-
-def peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
 
 
 def read_limited(conn: socket.socket, limit: int) -> bytes | None:

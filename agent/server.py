@@ -83,6 +83,11 @@ def peer_uid(transport: asyncio.BaseTransport) -> int:
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
         return -1
+    return socket_peer_uid(sock)
+
+
+def socket_peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of an AF_UNIX socket (-1: unknown)."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:

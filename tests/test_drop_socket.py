@@ -111,3 +111,22 @@ def test_garbage_oversize_and_silence_get_a_reply_and_the_daemon_goes_on(site: A
 def test_no_drop_socket_means_unavailable(tmp_path: Path) -> None:
     with pytest.raises(smtp_client_lite.Unavailable):
         smtp_client_lite.hand_over(str(tmp_path / "none.sock.drop"), b"x")
+
+
+def test_sigterm_with_a_client_stalled_mid_hand_over_stops_in_time_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    with RelayStandin() as relay:
+        agent = AgentEnv(tmp_path, relay)
+        agent.start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(drop(agent))
+            s.sendall(data("stalled@example.net")[:100])  # and then nothing, never EOF
+            time.sleep(0.3)  # accepted and being read by a worker
+            t0 = time.monotonic()
+            assert agent.stop() == 0
+            assert time.monotonic() - t0 < 10  # systemd's TimeoutStopSec
+            s.settimeout(5)
+            assert not s.recv(4096).startswith(b"250")  # cut off: EOF or a refusal, never "queued"
+        assert not [n for n in os.listdir(agent.maildrop) if not n.startswith(".")]
+        assert not relay.messages
