@@ -2,18 +2,22 @@
 
 Measured in one run, because passes differ by up to 35 % on a busy 2-core machine:
 - relay-agent's installed stub (agent.stub.render: `#!<venv python> -SE`), what `install` puts
-  at /usr/sbin/sendmail, with the daemon running (socket) and down (maildrop);
+  at /usr/sbin/sendmail: as root with the daemon running and down (the maildrop either way),
+  and as nobody with it running (the drop socket), back to back and one every PACE seconds;
 - the plain console script .venv/bin/sendmail, for comparison (pip's wrapper imports `re`);
 - Postfix, nullmailer, dma and msmtp, each in its own namespace (bench/peers.sh), relaying as
   relay-agent does, over STARTTLS with AUTH to bench/tls_sink.py (a null client for the Elastx
   relay does the same), and Postfix also to its plain smtp-sink as earlier runs measured it;
+  Postfix also as nobody (its postdrop setgid, as Debian installs it), the same two ways;
 - floors: spawning /bin/true and `python -S -E -c pass` (which includes the interpreter's
   teardown; the stub skips it with posix._exit, so it can come in under this "floor").
 
-The budget's rows (the stub, daemon up and down) and Postfix's are timed in ROUNDS alternating
-blocks and pooled, so drift within the run falls on both sides alike.
+The rows compared with Postfix's (VERSUS) and Postfix's own are timed in ROUNDS alternating
+blocks and pooled, so drift within the run falls on both sides alike; each ratio comes with a
+95 % bootstrap interval.
 
-Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down.
+Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down;
+the same comparison is made for a caller that is not root (PHP-FPM, most cron jobs).
 
     .venv/bin/python bench/bench_sendmail.py [--runs 50] [--quick] [--no-peers] [--json OUT]
 """
