@@ -130,3 +130,19 @@ def test_sigterm_with_a_client_stalled_mid_hand_over_stops_in_time_and_stores_no
             assert not s.recv(4096).startswith(b"250")  # cut off: EOF or a refusal, never "queued"
         assert not [n for n in os.listdir(agent.maildrop) if not n.startswith(".")]
         assert not relay.messages
+
+
+def test_concurrent_hand_overs_each_get_their_own_id_and_arrive_once(site: AgentEnv) -> None:
+    """More clients at once than the drop socket has workers: none is lost or doubled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rcpts = [f"conc-{i}-{os.urandom(2).hex()}@example.net" for i in range(40)]
+    with ThreadPoolExecutor(40) as pool:
+        replies = list(pool.map(lambda r: raw_reply(site, data(r)).decode(), rcpts))
+    assert all(r.startswith("250 2.0.0 Ok: queued as ") for r in replies), replies
+    assert len({r.split()[-1] for r in replies}) == len(rcpts)
+    relay = site.relay
+    assert relay is not None
+    wait_until(lambda: all(any(r in m.rcpt_tos for m in relay.messages) for r in rcpts), 20)
+    for r in rcpts:
+        assert sum(r in m.rcpt_tos for m in relay.messages) == 1
