@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import json
 import logging
@@ -93,7 +94,6 @@ class Daemon:
         self.pickup_wake = asyncio.Event()
         self.trigger: PickupListener | None = None
         self.drop: DropServer | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None  # the drop socket's threads wake pickup on it
         self.unix_paths: list[str] = []
         self.refused_drops: set[str] = set()
 
@@ -133,8 +133,9 @@ class Daemon:
             # before anyone can connect
             self.trigger = PickupListener(pickup_trigger.fifo_path(lc.socket), self.pickup_wake.set)
             self.servers.append(await loop.create_unix_server(make, sock=self._bind_unix(lc.socket)))
-            self.loop = loop
-            self.drop = DropServer(self._bind_unix(drop_path(lc.socket)), self.cleanup, self._dropped)
+            # the drop socket's threads store a file, then wake pickup on this loop
+            wake = functools.partial(loop.call_soon_threadsafe, self.pickup_wake.set)
+            self.drop = DropServer(self._bind_unix(drop_path(lc.socket)), self.cleanup, wake)
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
             tcp = Handler(self.cleanup, self.scheduler.flush, "loopback", self.committer.commit)
@@ -154,11 +155,6 @@ class Daemon:
         os.chmod(path, int(lc.socket_mode, 8))
         sock.listen(LISTEN_BACKLOG)
         return sock
-
-    def _dropped(self) -> None:
-        """The drop socket stored a file (called in its thread): pickup's turn."""
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.pickup_wake.set)
 
     def close_trigger(self) -> None:
         if self.trigger is not None:

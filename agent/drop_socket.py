@@ -48,7 +48,7 @@ class DropServer:
     """Accepts on a bound, listening AF_UNIX socket until close()."""
 
     def __init__(
-        self, sock: socket.socket, cleanup: Callable[[], Cleanup], dropped: Callable[[], None]
+        self, sock: socket.socket, cleanup: Callable[[], Cleanup], dropped: Callable[[], object]
     ) -> None:
         self.sock = sock
         self.cleanup = cleanup  # the current one: a reload replaces config, aliases and key
@@ -127,13 +127,12 @@ class DropServer:
             env, message = fmt.decode(data)
             cleanup.screen(env.sender, env.recipients, message)  # e.g. an unknown local recipient
             stored = fmt.encode(fmt.Envelope(env.sender, env.recipients, env.created, env.dsn, uid), message)
-            name, st = maildrop_write.store(cfg.queue.maildrop, cfg.queue.min_free, stored, want_stat=True)
+            name, st = maildrop_write.store(cfg.queue.maildrop, cfg.queue.min_free, stored)
         except fmt.FormatError as exc:
             return f"554 5.6.0 malformed hand-over: {exc}"
         except AgentError as exc:
             log.info("refused on the drop socket uid=%d: %s", uid, exc.message)
             return exc.smtp_reply()
-        assert st is not None
         qid = qid_for(name, st, cleanup.queue.key())
         log.info(
             "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (dropped)",

@@ -88,11 +88,9 @@ def write(
     return store(maildrop, min_free, encoded(sender, recipients, message, dsn))[0]
 
 
-def store(
-    maildrop: str, min_free: int, data: bytes, want_stat: bool = False
-) -> "tuple[str, posix.stat_result | None]":
-    """Durably store a maildrop file's bytes: its name, and its stat when asked for (the
-    drop socket names the queue id from it as pickup will)."""
+def store(maildrop: str, min_free: int, data: bytes) -> "tuple[str, posix.stat_result]":
+    """Durably store a maildrop file's bytes: its name and its stat (the drop socket names
+    the queue id from it as pickup will)."""
     check_space(maildrop, min_free)
     name = posix.urandom(16).hex()
     tmp = f"{maildrop}/.t{name}"
@@ -100,7 +98,6 @@ def store(
         fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
-    st = None
     try:
         try:
             posix.fchmod(fd, 0o644)  # the daemon (another user) must read it whatever our umask
@@ -108,8 +105,7 @@ def store(
             while view:
                 view = view[posix.write(fd, view) :]
             posix.fsync(fd)
-            if want_stat:
-                st = posix.fstat(fd)
+            st = posix.fstat(fd)
         finally:
             posix.close(fd)
         posix.rename(tmp, f"{maildrop}/{name}")
