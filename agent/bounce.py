@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from agent.envelope import clean_line
 from agent.headers import format_date
 
+# How much of the original a bounce returns (Postfix's bounce_size_limit): a bigger original
+# comes back as its headers only (text/rfc822-headers), and the notice says so. The caller
+# reads no more than this of the queue file.
+SIZE_LIMIT = 50_000
+
 
 @dataclass(frozen=True)
 class FailedRecipient:
@@ -44,18 +49,24 @@ def build(
     arrival: float,
     now: float | None = None,
     headers_only: bool = True,
+    original_size: int | None = None,
 ) -> bytes:
-    """The bounce message (CRLF) to `sender`, from `mailer_daemon`."""
+    """The bounce message (CRLF) to `sender`, from `mailer_daemon`. `original` may be only the
+    first SIZE_LIMIT bytes of a message of `original_size` bytes: then its headers are returned."""
     now = time.time() if now is None else now
+    size = len(original) if original_size is None else original_size
+    too_big = not headers_only and size > SIZE_LIMIT
+    headers_only = headers_only or too_big
     boundary = f"{qid}.{binascii.hexlify(os.urandom(6)).decode()}/{hostname}"
     names = "\r\n".join(f"<{f.address}>: {clean_line(f.reply)}" for f in failed)
-    head, _, _ = original.partition(b"\r\n\r\n")
-    returned = head + b"\r\n" if headers_only else original
+    returned = _headers(original[:SIZE_LIMIT]) if headers_only else original
     human = (
         f"This is the mail system at host {hostname}.\r\n\r\n"
         "I'm sorry to have to inform you that your message could not\r\n"
-        "be delivered to one or more recipients. It's attached below.\r\n\r\n"
-        f"{names}\r\n"
+        "be delivered to one or more recipients. "
+        + ("Its headers are attached below.\r\n" if headers_only else "It's attached below.\r\n")
+        + (_too_big_note(size) if too_big else "")
+        + f"\r\n{names}\r\n"
     )
     per_rcpt = "".join(
         f"\r\nFinal-Recipient: rfc822; {f.address}\r\n"
@@ -97,3 +108,19 @@ def build(
     ]
     text = "\r\n".join(parts).encode()
     return text + returned + f"\r\n--{boundary}--\r\n".encode()
+
+
+def _headers(original: bytes) -> bytes:
+    """The header section, ending in CRLF; cut after its last whole line if it does not end within
+    what was read."""
+    head, blank, _ = original.partition(b"\r\n\r\n")
+    if not blank:
+        head = original[: original.rfind(b"\r\n")] if b"\r\n" in original else b""
+    return head + b"\r\n" if head else b""
+
+
+def _too_big_note(size: int) -> str:
+    return (
+        f"The message was {size} bytes, more than the {SIZE_LIMIT} bytes a notification\r\n"
+        "returns in full, so only its headers are attached.\r\n"
+    )

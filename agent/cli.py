@@ -68,10 +68,16 @@ def run(config: ConfigOpt = None) -> None:
 def config_check(
     config: ConfigOpt = None, quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False
 ) -> None:
-    """Validate the config and print it, secrets redacted; refresh sendmail's digest."""
+    """Validate the config and open the files it names (DKIM keys, CA, password file) as the daemon
+    would; print it, secrets redacted; refresh sendmail's digest."""
     from agent import digest
+    from agent.config_files import check_files
 
     cfg = load(config)
+    try:
+        check_files(cfg)
+    except AgentError as exc:
+        fail(exc)
     digest.write(cfg)  # best effort by design: returns False where it cannot write
     if not quiet:
         typer.echo(json.dumps(config_mod.redacted(cfg), indent=2))
@@ -95,10 +101,16 @@ def _items(cfg: config_mod.Config) -> list[dict[str, Any]]:
 @queue_app.command("list")
 def queue_list(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List queued, deferred and failed mail (mailq)."""
-    from agent.queue_view import format_mailq
+    cfg = load(config)
+    if as_json:
+        typer.echo(json.dumps(_items(cfg), indent=2))
+        return
+    from agent.queue_view import mailq
 
-    items = _items(load(config))
-    typer.echo(json.dumps(items, indent=2) if as_json else format_mailq(items).rstrip("\n"))
+    try:
+        typer.echo(mailq(_queue(cfg), cfg.queue.maildrop).rstrip("\n"))
+    except PermissionError as exc:
+        fail(AgentError(f"cannot read the queue: {exc.strerror}: {exc.filename}"))
 
 
 @queue_app.command("show")
@@ -138,19 +150,33 @@ def queue_delete(
     sender: Annotated[str | None, typer.Option("--sender")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Delete one message (ID), every message (--all) or a sender's (--sender ADDR)."""
+    """Delete one message (ID), every message (--all) or a sender's (--sender ADDR).
+
+    Safe with the daemon running: a message is its file in msg/, and the daemon skips one that is
+    gone when its turn comes (one it is sending right now may still go out).
+    """
+    from agent import queue_bulk
+    from agent.queue import valid_id
+
     cfg = load(config)
     q = _queue(cfg)
     if bool(qid) + all_ + bool(sender) != 1:
         fail(AgentError("give exactly one of ID, --all or --sender ADDR"))
-    targets = []
-    for e in q.entries():
-        if all_ or e.qid == (qid or "").upper() or (sender and e.envelope.sender.lower() == sender.lower()):
-            targets.append(e.qid)
+    try:
+        if qid:
+            targets = [qid.upper()] if valid_id(qid.upper()) and q.exists(qid.upper()) else []
+        elif all_:
+            targets = queue_bulk.ids(q)  # no file needs reading
+        else:
+            who = (sender or "").lower()
+            targets = [i for i, env, _, _ in queue_bulk.scan(q) if env.sender.lower() == who]
+        queue_bulk.remove(q, targets)
+    except FileNotFoundError:
+        targets = []  # no queue yet
+    except PermissionError as exc:
+        fail(AgentError(f"cannot change the queue: {exc.strerror}: {exc.filename}"))
     if qid and not targets:
         fail(AgentError(f"no message {qid} in the queue"))
-    for t in targets:
-        q.remove(t)
     typer.echo(f"deleted {len(targets)} message(s)")
 
 
@@ -186,7 +212,7 @@ def queue_release(qid: str, config: ConfigOpt = None) -> None:
 def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Is the daemon running, what is queued, what has it done."""
     from agent import control
-    from agent.queue_view import counts
+    from agent.queue_view import counts, relay_suspended
 
     cfg = load(config)
     running = control.running(cfg.listen.socket)
@@ -203,6 +229,7 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
         "queue": {"queued": c["queued"] + c["hold"], "deferred": c["deferred"], "failed": c["failed"]},
         "counters": {k: int(counters.get(k, 0)) for k in ("sent", "deferred", "bounced")},
         "last_relay_error": saved.get("last_relay_error"),
+        "relay_suspended": relay_suspended(cfg.queue.path),
     }
     if as_json:
         typer.echo(json.dumps(data))
@@ -214,6 +241,8 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
     typer.echo(f"since start: {k['sent']} sent, {k['deferred']} deferred, {k['bounced']} bounced")
     if data["last_relay_error"]:
         typer.echo(f"last relay error: {data['last_relay_error']}")
+    if data["relay_suspended"]:
+        typer.echo(f"{data['relay_suspended']}")
     if saved.get("updated"):
         typer.echo(f"status updated {int(time.time() - saved['updated'])}s ago")
 

@@ -14,8 +14,10 @@ from collections import deque
 from collections.abc import Callable
 
 from agent.cleanup import Prepared
+from agent.envelope import Envelope
 from agent.errors import TempError
 from agent.queue import Queue
+from agent.spool import Spooled
 
 MAX_BATCH = 64
 
@@ -34,10 +36,12 @@ class Committer:
         self._thread.start()
 
     async def commit(self, prepared: Prepared) -> str:
-        """Sign and durably enter `prepared`; returns its queue id once it is on disk."""
+        """Sign and durably enter `prepared`; returns its queue id once it is on disk.
+        Its spool file, if any, is removed either way (committed, refused, or not taken)."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         with self._wake:
             if self._closing:
+                prepared.discard()
                 raise TempError("shutting down; try again later")
             self._jobs.append((prepared, future))
             self._wake.notify()
@@ -61,11 +65,18 @@ class Committer:
             _finish(batch, self._run(batch), self.on_entered)
 
     def _run(self, batch: list[tuple[Prepared, asyncio.Future[str]]]) -> list[str | BaseException]:
-        items = []
+        try:
+            return self._enter(batch)
+        finally:
+            for prepared, _ in batch:  # the queue file has its own copy now (or it failed)
+                prepared.discard()
+
+    def _enter(self, batch: list[tuple[Prepared, asyncio.Future[str]]]) -> list[str | BaseException]:
+        items: list[tuple[Envelope, bytes | Spooled, str]] = []
         errors: dict[int, BaseException] = {}
         for i, (prepared, _) in enumerate(batch):
             try:
-                items.append((prepared.envelope, prepared.message(), prepared.qid))
+                items.append((prepared.envelope, prepared.content(), prepared.qid))
             except Exception as exc:  # e.g. a key that cannot sign: this message only
                 errors[i] = exc
         try:

@@ -23,7 +23,7 @@ NO_BACKEND = (
     "(LoadCredential=relay-password:...) or relay.password_file"
 )
 
-__all__ = ["find_password", "get_password", "keyring_status", "set_password"]
+__all__ = ["check_password_file", "find_password", "get_password", "keyring_status", "set_password"]
 
 
 def _strip_newline(text: str) -> str:
@@ -55,39 +55,66 @@ def _from_credentials_dir() -> str | None:
     return _read_text(path, "systemd credential")
 
 
-def check_private(path: str, st: os.stat_result) -> None:
+def check_private(path: str, st: os.stat_result, owners: tuple[int, ...] = ()) -> None:
     """Refuse a password file others can read or change, as ssh refuses a loose private key."""
     mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"password_file {path} is not a regular file")
     if mode & 0o077:
         how = "readable" if mode & 0o044 else "writable"
         raise ConfigError(
             f"password_file {path} is {how} by group/others (mode {mode:04o}); chmod 600 {path}"
         )
-    if st.st_uid not in (0, os.geteuid()):
+    if st.st_uid not in (0, os.geteuid(), *owners):
         raise ConfigError(
             f"password_file {path} is owned by uid {st.st_uid}, not by root or this user (uid {os.geteuid()})"
         )
 
 
-def _from_password_file(cfg: Config) -> str | None:
-    path = cfg.relay.password_file
-    if not path:
-        return None
+def _read_password_file(path: str, owners: tuple[int, ...] = ()) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"password_file {path}: cannot open: {exc.strerror}") from None
     try:
         # fstat the open file, not the path: no window to swap the file after the check.
-        check_private(path, os.fstat(fd))
+        check_private(path, os.fstat(fd), owners)
         with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"password_file {path}: cannot read: {exc.strerror}") from None
     finally:
         os.close(fd)
     try:
         return _strip_newline(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"password_file {path}: not valid UTF-8") from None
+
+
+def _from_password_file(cfg: Config) -> str | None:
+    path = cfg.relay.password_file
+    return _read_password_file(path) if path else None
+
+
+def check_password_file(cfg: Config) -> None:
+    """`config check`: read relay.password_file as the daemon will, ConfigError if it cannot.
+
+    The unit runs `config check` as root before starting the daemon as the service user, so
+    root also accepts a file owned by that user, which the daemon itself accepts.
+    """
+    if not cfg.relay.password_file:
+        return
+    owners: tuple[int, ...] = ()
+    if os.geteuid() == 0:
+        import pwd
+
+        from agent.install_layout import USER
+
+        try:
+            owners = (pwd.getpwnam(USER).pw_uid,)
+        except KeyError:
+            owners = ()  # not installed: the daemon runs as whoever starts it
+    _read_password_file(cfg.relay.password_file, owners)
 
 
 def _backend() -> Any | None:

@@ -21,17 +21,19 @@ import time
 from typing import Any
 
 from agent import config as config_mod
-from agent import credentials, pickup, pickup_trigger
+from agent import credentials, listen_guard, pickup, pickup_trigger, relay_tls
 from agent.cleanup import Cleanup
 from agent.committer import Committer
 from agent.config import Config
+from agent.counters import Counters
 from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
 from agent.drop_socket import DropServer
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
 from agent.pickup_listener import PickupListener
+from agent.pickup_round import Pickup
 from agent.queue import Queue
-from agent.scheduler import Counters, Scheduler
+from agent.scheduler import Scheduler
 from agent.server import Handler, factory
 from agent.smtp_client_lite import drop_path
 
@@ -43,8 +45,6 @@ PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configu
 PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
 PICKUP_GATHER = 0.05  # after a poke; well inside the 100 ms between sends at the default rate
 PICKUP_GATHER_MAX = 0.25  # while pokes keep coming (a burst), gather at most this long
-PICKUP_BATCH = 64  # files prepared, held in memory and committed together...
-PICKUP_BATCH_BYTES = 32 << 20  # ...and no more than this of their messages at once
 STATUS_FILE = "status.json"
 STATUS_MIN_INTERVAL = 0.1  # at most ten status.json rewrites a second under load
 
@@ -80,6 +80,7 @@ class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.queue = Queue(cfg.queue.path, cfg.queue.min_free)
+        relay_tls.check_ca_file(cfg.relay.ca_file)  # exit 78 now, not a deferral at every connect
         self.signer = Signer(cfg)
         self._cleanup = Cleanup(cfg, self.signer, self.queue)
         self.counters = Counters()
@@ -95,7 +96,6 @@ class Daemon:
         self.trigger: PickupListener | None = None
         self.drop: DropServer | None = None
         self.unix_paths: list[str] = []
-        self.refused_drops: set[str] = set()
 
     def cleanup(self) -> Cleanup:
         return self._cleanup
@@ -112,6 +112,10 @@ class Daemon:
         self.queue.key()  # made now, before the drop socket's threads and pickup both want it
         for note in self.queue.recover():
             log.warning("%s", note)
+        # before the scheduler loads or delivers anything: a maildrop file whose message is
+        # queued already goes (agent.pickup_round explains why that makes pickup exactly-once)
+        self.pickup = Pickup(self.queue, self.cleanup, self.committer.commit, self.scheduler, self.disk)
+        self.pickup.start(self.cfg.queue.maildrop)
         count = self.scheduler.load_index()
         await self._listen()
         log.info(
@@ -126,8 +130,14 @@ class Daemon:
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         lc = self.cfg.listen
+        # any local user can connect: sessions are capped to fit the descriptor limit, each
+        # has a deadline, and running out of descriptors is one log line, not one per accept
+        budget = listen_guard.FdBudget()
+        out_of_fds = listen_guard.out_of_fds()
+        listen_guard.quiet_accept_errors(loop, out_of_fds)
+        guard = listen_guard.SessionGuard(budget.smtp)
         handler = Handler(self.cleanup, self.scheduler.flush, "local", self.committer.commit)
-        make = factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size)
+        make = guard.wrap(factory(handler, self.cfg.hostname, self.cfg.limits.max_message_size))
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
             # before anyone can connect
@@ -135,11 +145,12 @@ class Daemon:
             self.servers.append(await loop.create_unix_server(make, sock=self._bind_unix(lc.socket)))
             # the drop socket's threads store a file, then wake pickup on this loop
             wake = functools.partial(loop.call_soon_threadsafe, self.pickup_wake.set)
-            self.drop = DropServer(self._bind_unix(drop_path(lc.socket)), self.cleanup, wake)
+            drop = self._bind_unix(drop_path(lc.socket))
+            self.drop = DropServer(drop, self.cleanup, wake, budget.drop, out_of_fds)
         if lc.smtp:
             host, _, port = lc.smtp.rpartition(":")
             tcp = Handler(self.cleanup, self.scheduler.flush, "loopback", self.committer.commit)
-            make_tcp = factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size)
+            make_tcp = guard.wrap(factory(tcp, self.cfg.hostname, self.cfg.limits.max_message_size))
             self.servers.append(await loop.create_server(make_tcp, host.strip("[]"), int(port)))
 
     def _bind_unix(self, path: str) -> socket.socket:
@@ -172,12 +183,7 @@ class Daemon:
                 await self._gather()
             self.pickup_wake.clear()
             self._took_pokes()  # this scan covers every poke so far
-            try:
-                names = [n for n in pickup.candidates(self.cfg.queue.maildrop) if n not in self.refused_drops]
-            except OSError as exc:
-                log.error("cannot read maildrop %s: %s", self.cfg.queue.maildrop, exc)
-                names = []
-            await self._pick(names)
+            await self.pickup.round(self.cfg.queue.maildrop)
             if self.trigger is not None and self.trigger.round_done():
                 self.pickup_wake.set()
             await self._pickup_pause()
@@ -194,44 +200,6 @@ class Daemon:
 
     def _took_pokes(self) -> bool:
         return self.trigger is not None and self.trigger.take()
-
-    async def _pick(self, names: list[str]) -> None:
-        """Prepare files on the disk thread and commit them in batches bounded by count and bytes."""
-        maildrop, corrupt = self.cfg.queue.maildrop, self.queue.corrupt
-        picked: list[pickup.Picked] = []
-        for name in names:
-            got = await self.disk.run(pickup.prepare_one, maildrop, name, self._cleanup, corrupt)
-            if got == pickup.RETRY:
-                break  # the queue is full now: the rest waits for the next round
-            if not isinstance(got, pickup.Picked):
-                self._skip_if_kept(name)
-                continue
-            picked.append(got)
-            if len(picked) >= PICKUP_BATCH or sum(p.size for p in picked) >= PICKUP_BATCH_BYTES:
-                if not await self._commit_picked(picked):
-                    return
-                picked = []
-        await self._commit_picked(picked)
-
-    async def _commit_picked(self, picked: list[pickup.Picked]) -> bool:
-        """One group commit; the files go once their messages are queued. False: queue full."""
-        maildrop, corrupt = self.cfg.queue.maildrop, self.queue.corrupt
-        # counted and scheduled by the committer's on_entered, as SMTP submissions are
-        results = await asyncio.gather(
-            *(self.committer.commit(p.prepared) for p in picked), return_exceptions=True
-        )
-        full = False
-        for p, result in zip(picked, results, strict=True):
-            done = await self.disk.run(pickup.after_commit, maildrop, corrupt, p, result)
-            full = full or done == pickup.RETRY
-            if done is None:
-                self._skip_if_kept(p.name)
-        return not full
-
-    def _skip_if_kept(self, name: str) -> None:
-        """A refused file that could be neither moved nor removed is not tried again each scan."""
-        if os.path.lexists(os.path.join(self.cfg.queue.maildrop, name)):
-            self.refused_drops.add(name)
 
     async def _pickup_pause(self) -> None:
         """Until a poke on the trigger, a stop, or the next poll (for writers that do not poke)."""
@@ -260,6 +228,7 @@ class Daemon:
             "updated": time.time(),
             "counters": {"queued": c.queued, "sent": c.sent, "deferred": c.deferred, "bounced": c.bounced},
             "last_relay_error": c.last_relay_error,
+            "relay_suspended": c.relay_suspended,
         }
         tmp = path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -280,6 +249,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             cfg = config_mod.load(self.cfg.path or None)
+            relay_tls.check_ca_file(cfg.relay.ca_file)
             signer = Signer(cfg)
             password = credentials.get_password(cfg)
         except AgentError as exc:

@@ -86,6 +86,12 @@ class Envelope:
 
 
 def encode(env: Envelope, message: bytes) -> bytes:
+    return encode_header(env, len(message)) + message + END
+
+
+def encode_header(env: Envelope, size: int) -> bytes:
+    """The envelope header block and its blank line, for a message of `size` bytes that a
+    writer streams after it (then END)."""
     if has_bad_chars(env.sender) or any(has_bad_chars(r) for r in env.recipients):
         raise FormatError("address contains CR, LF or NUL")
     lines = [MAGIC, f"created {env.created!r}\n".encode(), b"sender " + env.sender.encode() + b"\n"]
@@ -93,8 +99,8 @@ def encode(env: Envelope, message: bytes) -> bytes:
     lines += [f"{k} {clean_line(v)}\n".encode() for k, v in env.dsn if v]
     if env.uid >= 0:
         lines.append(f"uid {env.uid}\n".encode())
-    lines.append(f"size {len(message)}\n\n".encode())
-    return b"".join(lines) + message + END
+    lines.append(f"size {size}\n\n".encode())
+    return b"".join(lines)
 
 
 def split_header(data: bytes) -> tuple[bytes, int]:

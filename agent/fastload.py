@@ -31,8 +31,8 @@ SENDMAIL = (
     "agent.dkim_policy",
     "agent.sendmail_args",
     "agent.pickup_trigger",
-    "agent.sendmail",
     "agent.envelope",
+    "agent.sendmail",
     "agent.maildrop_write",
 )
 MAX_SIZE = 1 << 22  # a source, and the whole bundle the stub reads

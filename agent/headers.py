@@ -36,18 +36,23 @@ def parse(message: bytes) -> tuple[list[Field], int]:
     fields: list[Field] = []
     pos = 0
     n = len(message)
+    start = -1  # where the field being read began: sliced once, not grown per continuation line
+    name = b""
     while pos < n:
         end = message.find(b"\n", pos)
         end = n if end < 0 else end + 1
         line = message[pos:end]
-        if line[:1] in (b" ", b"\t") and fields:
-            name, raw = fields[-1]
-            fields[-1] = (name, raw + line)
+        if line[:1] in (b" ", b"\t") and start >= 0:
+            pass  # a continuation line: the field runs on
         elif _is_field_start(line):
-            fields.append((line[: line.find(b":")].lower(), line))
+            if start >= 0:
+                fields.append((name, message[start:pos]))
+            name, start = line[: line.find(b":")].lower(), pos
         else:
             break  # blank line or a non-header line: the body starts here
         pos = end
+    if start >= 0:
+        fields.append((name, message[start:pos]))
     return fields, pos
 
 

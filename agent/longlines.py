@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from bisect import bisect_right
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -203,20 +204,26 @@ def fold_headers(head: bytes) -> bytes:
 
 
 def fold_line(line: bytes, field: str) -> bytes:
-    """Fold one physical header line at whitespace (or after commas in address lists)."""
-    content_from = _first_content(line)
-    breaks = _break_points(line, content_from, field.lower() in ADDRESS_HEADERS)
+    """Fold one physical header line at whitespace (or after commas in address lists).
+
+    Each piece takes the last break point within SOFT_LINE of where it starts, else the
+    first one within MAX_LINE. Both are found by bisection in the sorted break points,
+    so the work grows with the line's length, not with its square: any local user can
+    submit a long header, and the daemon folds it on its event loop.
+    """
+    positions, commas = _break_points(line, _first_content(line), field.lower() in ADDRESS_HEADERS)
     pieces: list[bytes] = []
     start, prefix = 0, b""
     while len(prefix) + len(line) - start > MAX_LINE:
-        limit = start + SOFT_LINE - len(prefix)
-        fits = [b for b in breaks if start < b[0] <= limit]
-        later = [b for b in breaks if b[0] > limit and b[0] - start + len(prefix) <= MAX_LINE]
-        if not fits and not later:
+        after = bisect_right(positions, start + SOFT_LINE - len(prefix))  # first break past the soft limit
+        if after and positions[after - 1] > start:
+            k = after - 1  # the last break that keeps the piece within SOFT_LINE
+        elif after < len(positions) and positions[after] - start + len(prefix) <= MAX_LINE:
+            k = after  # none that short: the first that keeps it within MAX_LINE
+        else:
             raise MessageError(f"header {field} has a line longer than 998 octets with no place to fold it")
-        pos, comma = fits[-1] if fits else later[0]
-        pieces.append(prefix + line[start:pos])
-        start, prefix = pos, (b" " if comma else b"")
+        pieces.append(prefix + line[start : positions[k]])
+        start, prefix = positions[k], (b" " if positions[k] in commas else b"")
     pieces.append(prefix + line[start:])
     return b"\r\n".join(pieces)
 
@@ -230,30 +237,39 @@ def _first_content(line: bytes) -> int:
     return colon + 1 + len(rest) - len(rest.lstrip(b" \t"))
 
 
-def _break_points(line: bytes, content_from: int, commas: bool) -> list[tuple[int, bool]]:
-    """(index, is_comma): fold before line[index]; a comma fold inserts a space there."""
-    points: list[tuple[int, bool]] = []
-    quoted, depth, escaped = False, 0, False
-    for i in range(content_from, len(line)):
+_WSP_AFTER_TEXT = re.compile(rb"(?<=[^ \t])[ \t]")  # the first blank of each run of blanks
+_ADDRESS_SPECIALS = re.compile(rb'[\\"() \t,]')  # what moves the quote/comment state, or breaks
+
+
+def _break_points(line: bytes, content_from: int, commas: bool) -> tuple[list[int], set[int]]:
+    """Where a fold may go (sorted: fold before line[index]), and which of them follow a
+    comma outside quotes and comments (that fold inserts a space there).
+
+    The scan visits only the bytes that matter (regex searches run in C): blanks, and in
+    address headers the quote, comment, escape and comma characters.
+    """
+    if not commas:
+        return [m.start() for m in _WSP_AFTER_TEXT.finditer(line, content_from + 1)], set()
+    points: list[int] = []
+    after_comma: set[int] = set()
+    quoted, depth, escaped_at = False, 0, -1
+    for m in _ADDRESS_SPECIALS.finditer(line, content_from):
+        i = m.start()
         c = line[i]
-        if escaped:
-            escaped = False
+        if i == escaped_at:
+            pass  # the character after a backslash in a quoted string or comment
         elif c == 0x5C and (quoted or depth):  # backslash
-            escaped = True
+            escaped_at = i + 1
         elif c == 0x22 and not depth:  # "
             quoted = not quoted
         elif c == 0x28 and not quoted:  # (
             depth += 1
         elif c == 0x29 and not quoted and depth:  # )
             depth -= 1
-        if c in (0x20, 0x09) and i > content_from and line[i - 1] not in (0x20, 0x09):
-            points.append((i, False))
-        elif (
-            commas
-            and c == 0x2C
-            and not quoted
-            and not depth
-            and line[i + 1 : i + 2] not in (b"", b" ", b"\t")
-        ):
-            points.append((i + 1, True))
-    return points
+        if c in (0x20, 0x09):
+            if i > content_from and line[i - 1] not in (0x20, 0x09):
+                points.append(i)
+        elif c == 0x2C and not quoted and not depth and line[i + 1 : i + 2] not in (b"", b" ", b"\t"):
+            points.append(i + 1)
+            after_comma.add(i + 1)
+    return points, after_comma

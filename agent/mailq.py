@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent import config
     from agent.errors import AgentError
     from agent.queue import Queue
-    from agent.queue_view import collect, format_mailq
+    from agent.queue_view import mailq
 
     argv = sys.argv[1:] if argv is None else argv
     cli_path = None
@@ -18,14 +18,14 @@ def main(argv: list[str] | None = None) -> int:
             cli_path = argv[argv.index(flag) + 1]
     try:
         cfg = config.load(cli_path)
-        items = collect(Queue(cfg.queue.path), cfg.queue.maildrop)
+        text = mailq(Queue(cfg.queue.path), cfg.queue.maildrop)
     except AgentError as exc:
         print(f"mailq: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except PermissionError as exc:
         print(f"mailq: cannot read the queue: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 77
-    sys.stdout.write(format_mailq(items))
+    sys.stdout.write(text)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from agent.scheduler import Counters
+from agent.counters import Counters
 
 OUTCOMES = ("queued", "sent", "deferred", "bounced")
 

@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from agent import bodystream
 from agent import envelope as fmt
 from agent.cleanup import Cleanup, Prepared
-from agent.errors import AgentError, TempError
+from agent.errors import AgentError, ConfigError, TempError
+from agent.spool import SMALL
 
 log = logging.getLogger("relay-agent")
 
@@ -46,17 +48,31 @@ def shown(name: str) -> str:
 
 
 def ensure_maildrop(path: str) -> None:
-    """1733 like /tmp: anyone may drop a file, nobody but us may list or take it."""
-    old = os.umask(0)
+    """1733 like /tmp: anyone may drop a file, nobody but us may list or take it.
+
+    Made when missing. One that exists must be a 1733 directory of root or ours: with any other
+    mode or owner, someone may have listed, taken or replaced drops, so it is refused
+    (ConfigError, naming the fix), not repaired.
+    """
+    from agent import dir_safety as ds
+
     try:
-        os.makedirs(path, mode=0o1733, exist_ok=True)
-    finally:
-        os.umask(old)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise OSError(errno.ENOTDIR, f"{path} is not a directory")
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o1733:
-        os.chmod(path, 0o1733)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        old = os.umask(0)
+        try:
+            os.makedirs(path, mode=0o1733, exist_ok=True)
+        finally:
+            os.umask(old)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            os.chmod(path, 0o1733)  # mkdir's mode may lose the sticky bit
+            st = os.lstat(path)
+    ds.require_directory("maildrop", path, st, "queue.maildrop")
+    ds.require_owner("maildrop", path, st, root_ok=True)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o1733:
+        raise ConfigError(f"maildrop {path} has mode {mode:04o}, not 1733; chmod 1733 {path}")
 
 
 def candidates(path: str) -> Iterator[str]:
@@ -93,6 +109,15 @@ def _kind(mode: int) -> str:
 
 
 def read_untrusted(path: str, max_size: int) -> tuple[bytes, os.stat_result]:
+    fd, st = open_untrusted(path, max_size)
+    try:
+        return _read_all(fd, st.st_size), st
+    finally:
+        os.close(fd)
+
+
+def open_untrusted(path: str, max_size: int) -> tuple[int, os.stat_result]:
+    """The checks above, and the open fd (the caller closes it) with its fstat."""
     lst = os.lstat(path)
     if stat.S_ISDIR(lst.st_mode):
         raise Unsafe("a directory")
@@ -109,9 +134,10 @@ def read_untrusted(path: str, max_size: int) -> tuple[bytes, os.stat_result]:
             raise Unsafe(f"has {st.st_nlink} hard links")
         if st.st_size > max_size + fmt.HEADER_SLACK:
             raise fmt.FormatError(f"too large ({st.st_size} bytes)")
-        return _read_all(fd, st.st_size), st
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, st
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -146,23 +172,51 @@ def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) ->
     must not stop pickup for everyone."""
     path = os.path.join(maildrop, name)
     try:
-        data, st = read_untrusted(path, cleanup.cfg.limits.max_message_size)
-        env, message = fmt.decode(data)
-        uid = submitter(st, env)
-        prepared = cleanup.prepare(
-            env.sender,
-            list(env.recipients),
-            message,
-            uid=uid,
-            dsn=env.dsn,
-            origin="maildrop",
-            qid=qid_for(name, st, cleanup.queue.key()),
-        )
+        fd, st = open_untrusted(path, cleanup.cfg.limits.max_message_size)
+        try:
+            qid = qid_for(name, st, cleanup.queue.key())
+            if st.st_size > SMALL:  # big: streamed, never whole in memory
+                env, prepared, size = _prepare_streamed(fd, st, cleanup, qid)
+            else:
+                env, message = fmt.decode(_read_all(fd, st.st_size))
+                size = len(message)
+                prepared = cleanup.prepare(
+                    env.sender,
+                    list(env.recipients),
+                    message,
+                    uid=submitter(st, env),
+                    dsn=env.dsn,
+                    origin="maildrop",
+                    qid=qid,
+                )
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except Exception as exc:
         return _refused(path, name, corrupt_dir, exc)
-    return Picked(name, prepared, uid, env.sender, len(env.recipients), len(message))
+    return Picked(name, prepared, prepared.envelope.uid, env.sender, len(env.recipients), size)
+
+
+def _prepare_streamed(
+    fd: int, st: os.stat_result, cleanup: Cleanup, qid: str
+) -> tuple[fmt.Envelope, Prepared, int]:
+    """A big maildrop file: its envelope header read, its message streamed through cleanup
+    from the fd. decode()'s checks: the size line, then the end marker and nothing more."""
+    block, start = fmt.split_header(os.pread(fd, fmt.MAX_HEADER, 0))
+    env, size = fmt.parse_header(block)
+    end = start + size
+    if st.st_size != end + len(fmt.END) or os.pread(fd, len(fmt.END), end) != fmt.END:
+        raise fmt.FormatError("queue file is incomplete (no end marker)")
+    read = bodystream.file_reader(fd, start, size)
+    uid = submitter(st, env)
+    prepared = cleanup.prepare_stream(
+        env.sender, list(env.recipients), read, size, uid=uid, dsn=env.dsn, origin="maildrop", qid=qid
+    )
+    if os.fstat(fd).st_size != st.st_size or os.pread(fd, len(fmt.END), end) != fmt.END:
+        prepared.discard()  # its owner rewrote it while we read it
+        raise fmt.FormatError("changed while being read")
+    return env, prepared, size
 
 
 def submitter(st: os.stat_result, env: fmt.Envelope) -> int:
@@ -181,6 +235,9 @@ def after_commit(maildrop: str, corrupt_dir: str, picked: Picked, result: str | 
         os.unlink(path)
     except FileNotFoundError:
         pass  # its owner removed it after we read it; the queued copy stands
+    except OSError as exc:
+        # the queued copy stays held from delivery while the file is there (agent.pickup_round)
+        log.warning("%s: maildrop file %s not removed yet: %s", result, shown(picked.name), exc.strerror)
     log.info(
         "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (maildrop)",
         result,

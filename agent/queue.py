@@ -2,14 +2,17 @@
 
 Durability: a message is acknowledged (exit 0 / 250) only after
 tmp/ID is written, fsynced, renamed to msg/ID and msg/ is fsynced. A crash
-before the rename leaves a file in tmp/ that nobody acknowledged; recovery
-moves it to corrupt/ rather than deleting mail silently.
+before the rename leaves a file in tmp/ that nobody acknowledged, and whose
+submitter still has the message; recovery removes it with a log line.
 """
 
 from __future__ import annotations
 
 import binascii
+import errno
 import os
+import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from agent import envelope as fmt
 from agent import queue_state as qs
 from agent.errors import NoSpaceError, TempError
+from agent.spool import Spooled, write_all
 
 SUBDIRS = ("tmp", "msg", "state", "corrupt")
 READ_CHUNK = 1 << 16
@@ -53,6 +57,47 @@ def write_new(path: str, data: bytes, mode: int = 0o600) -> int:
     return fd
 
 
+def write_message(path: str, env: fmt.Envelope, message: bytes | Spooled) -> int:
+    """write_new() of a queue file; a Spooled body is appended from its file, not read into memory."""
+    if isinstance(message, bytes):
+        return write_new(path, fmt.encode(env, message))
+    fd = write_new(path, fmt.encode_header(env, message.size) + message.head)
+    try:
+        append_file(fd, message.body.path, message.body.size)
+        write_all(fd, fmt.END)
+    except BaseException:
+        _discard(fd, path)
+        raise
+    return fd
+
+
+def append_file(fd: int, src_path: str, size: int) -> None:
+    """Append exactly `size` bytes of the file at `src_path` to `fd`: copy_file_range (the
+    kernel copies, no Python buffers; reflinks where the file system can), else chunks."""
+    src = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(src).st_size != size:
+            raise OSError(errno.EIO, f"spool file {os.path.basename(src_path)} is not {size} bytes")
+        left = size
+        try:
+            while left > 0:
+                n = os.copy_file_range(src, fd, left)
+                if n == 0:
+                    break
+                left -= n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        while left > 0:  # copy_file_range unavailable (or made no progress): read and write
+            chunk = os.read(src, min(left, READ_CHUNK))
+            if not chunk:
+                raise OSError(errno.EIO, f"spool file {os.path.basename(src_path)} ended early")
+            write_all(fd, chunk)
+            left -= len(chunk)
+    finally:
+        os.close(src)
+
+
 def sync_close(fd: int, path: str) -> None:
     """fsync and close a file from write_new; on failure it is removed again."""
     try:
@@ -73,7 +118,31 @@ def write_durably(path: str, data: bytes, mode: int = 0o600) -> None:
     sync_close(write_new(path, data, mode), path)
 
 
+def _tmp_kind(name: str) -> str:
+    """What a file left in tmp/ was, from its name, for the log line."""
+    base, dot, ext = name.partition(".")
+    if valid_id(base) and not dot:
+        return "a queue file being entered"
+    if valid_id(base) and "spool" in ext:
+        return "a message being received (spool)"
+    return "an unfinished temporary file"
+
+
+def _shown(name: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in name[:64])
+
+
+def _remove_tree(path: str) -> None:
+    """Unlink a file; a directory (none is made here, but tmp/ is ours to clean) with its contents."""
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 def _write_error(exc: OSError) -> TempError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"insufficient queue space: {exc.strerror}; try again later")
     return TempError(f"cannot write queue file: {exc.strerror}")
 
 
@@ -99,12 +168,20 @@ class Queue:
 
     # -- setup and recovery -------------------------------------------------
     def ensure_dirs(self) -> None:
+        """Made when missing; refused (ConfigError) when another user owns or may write them."""
+        from agent import dir_safety as ds
+
         old = os.umask(0o077)
         try:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
+            for path in (self.path, *(os.path.join(self.path, sub) for sub in SUBDIRS)):
+                if path != self.path:
+                    os.makedirs(path, mode=0o700, exist_ok=True)
+                st = os.lstat(path) if path != self.path else os.stat(path)  # queue.path may be a link
+                ds.require_directory("queue directory", path, st, "queue.path")
+                ds.require_owner("queue directory", path, st, root_ok=False, recursive=True)
+                ds.require_not_writable_by_others("queue directory", path, st)
             os.chmod(self.path, 0o700)
-            for sub in SUBDIRS:
-                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         finally:
             os.umask(old)
 
@@ -126,29 +203,40 @@ class Queue:
             return secret
 
     def recover(self) -> list[str]:
-        """Move never-acknowledged tmp files to corrupt/; drop orphan state files.
+        """Remove what a crash left in tmp/; drop orphan state files. One log line per file.
 
-        Returns one log line per action. msg/ files were fsynced before their
-        rename, so they are complete; they are checked when read.
+        Nothing in tmp/ was ever acknowledged: its 250 or exit 0 comes only after the rename
+        to msg/. Its submitter still has the message (an SMTP client retries; a maildrop file
+        stays in the maildrop until its queue file is in msg/), so removing it loses nothing,
+        and keeping it would only leave a copy of mail that is delivered anyway. msg/ files
+        were fsynced before their rename, so they are complete; they are checked when read,
+        and what fails that check goes to corrupt/ (quarantine).
         """
         notes = []
         for name in os.listdir(self.tmp):
-            self._quarantine(os.path.join(self.tmp, name), name)
-            notes.append(f"{name}: unacknowledged partial file from a crash moved to corrupt/")
+            path = os.path.join(self.tmp, name)
+            try:
+                size = os.lstat(path).st_size
+                _remove_tree(path)
+            except FileNotFoundError:
+                continue
+            notes.append(f"tmp/{_shown(name)}: removed {_tmp_kind(name)} ({size} bytes), never acknowledged")
         msgs = set(os.listdir(self.msg))
         for name in os.listdir(self.statedir):
             if name.endswith(".tmp") or name not in msgs:
                 os.unlink(os.path.join(self.statedir, name))
         return notes
 
-    def _quarantine(self, src: str, name: str) -> None:
+    def _quarantine(self, src: str, name: str) -> str:
         dst = os.path.join(self.corrupt, f"{name}.{int(time.time())}")
         os.rename(src, dst)
+        return os.path.basename(dst)
 
     def quarantine(self, qid: str, reason: str) -> str:
-        self._quarantine(self.msg_path(qid), qid)
+        """Move a queue file that fails validation to corrupt/ (kept for a human); the log line."""
+        kept = self._quarantine(self.msg_path(qid), qid)
         self._unlink_quiet(self.state_path(qid))
-        return f"{qid}: moved to corrupt/: {reason}"
+        return f"{qid}: queue file moved to corrupt/{kept}: {reason}"
 
     # -- entering -------------------------------------------------------------
     def check_space(self) -> None:
@@ -165,12 +253,13 @@ class Queue:
             raise result
         return result
 
-    def enter_batch(self, items: list[tuple[fmt.Envelope, bytes, str]]) -> list[str | TempError]:
+    def enter_batch(self, items: list[tuple[fmt.Envelope, bytes | Spooled, str]]) -> list[str | TempError]:
         """Durably store messages that arrived together; per item its id or why not.
 
         Each file is fsynced before its rename, but written before any is fsynced: on
         ext4 the first fsync commits the journal for all of them, and msg/ is fsynced
-        once per batch. A batch of one costs what a single enter always did.
+        once per batch. A batch of one costs what a single enter always did. A Spooled
+        message's body is copied from its spool file by the kernel (the caller removes it).
         """
         results: list[str | TempError] = []
         written: list[tuple[int, int, str]] = []  # (index, fd, qid)
@@ -179,7 +268,7 @@ class Queue:
             if os.path.exists(self.msg_path(qid)):
                 continue  # entered before (a retried commit): idempotent
             try:
-                written.append((i, write_new(os.path.join(self.tmp, qid), fmt.encode(env, message)), qid))
+                written.append((i, write_message(os.path.join(self.tmp, qid), env, message), qid))
             except OSError as exc:
                 results[i] = _write_error(exc)
         renamed = []

@@ -3,19 +3,25 @@ directories and the maildrop, formatted as Postfix's mailq or as JSON."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from agent import envelope as fmt
+from agent import queue_bulk
 from agent import queue_state as qs
 from agent.queue import Entry, Queue
 
+STATUS_FILE = "status.json"  # the daemon's (daemon.STATUS_FILE), in the queue directory
+
 
 def iso8601(ts: float) -> str:
-    z = time.strftime("%z", time.localtime(ts))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts)) + f"{z[:3]}:{z[3:]}"
+    t = time.localtime(ts)  # once: a listing formats one per message
+    z = time.strftime("%z", t)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f"{z[:3]}:{z[3:]}"
 
 
 def state_of(st: qs.State) -> str:
@@ -24,13 +30,19 @@ def state_of(st: qs.State) -> str:
     return st.state if st.state in ("deferred", "failed") else "queued"
 
 
-def item(e: Entry) -> dict[str, Any]:
+def item(e: Entry, suspended: str | None = None) -> dict[str, Any]:
+    """suspended: why the daemon holds back delivery now (relay_suspended), shown as the reason of a
+    message that would otherwise be listed as queued without one."""
     st = e.state
+    state = state_of(st)
+    waiting = suspended if state == "queued" and suspended else None
+    if waiting:
+        state = "deferred"
     rcpts = []
     for i, addr in enumerate(e.envelope.recipients):
         s = {qs.PENDING: "pending", qs.SENT: "sent", qs.FAILED: "failed"}[st.rcpt_state(i)]
-        rcpts.append({"address": addr, "state": s, "last_error": st.rcpt_error(i) or None})
-    state = state_of(st)
+        error = st.rcpt_error(i) or (waiting if s == "pending" else None)
+        rcpts.append({"address": addr, "state": s, "last_error": error or None})
     return {
         "id": e.qid,
         "state": state,
@@ -39,19 +51,41 @@ def item(e: Entry) -> dict[str, Any]:
         "created": iso8601(e.envelope.created),
         "attempts": st.attempts,
         "next_attempt": iso8601(st.next_attempt) if state == "deferred" and st.next_attempt else None,
-        "last_error": st.last_error or None,
+        "last_error": st.last_error or waiting or None,
         "recipients": rcpts,
     }
 
 
+def relay_suspended(queue_path: str) -> str | None:
+    """The daemon's reason for holding back delivery (the relay is unreachable), from its
+    status.json; None when it delivers, or when the daemon that wrote the file is gone."""
+    try:
+        with open(os.path.join(queue_path, STATUS_FILE), "rb") as fh:
+            saved = json.load(fh)
+        reason, pid = saved.get("relay_suspended"), saved.get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(reason, str) or not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # stopped or killed: nobody is holding anything back
+    except PermissionError:
+        pass  # alive, another user's
+    return reason
+
+
 def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
     """Mail still waiting in the maildrop (daemon down), listed as queued."""
-    from agent.pickup import qid_for
-
     try:
         names = [n for n in os.listdir(path) if not n.startswith(".")]
     except OSError:
         return
+    if not names:
+        return  # agent.pickup imports cleanup and DKIM: a tenth of a second a listing need not pay
+    from agent.pickup import qid_for
+
     for name in sorted(names):
         try:
             fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -76,34 +110,94 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
 def collect(queue: Queue, maildrop: str) -> list[dict[str, Any]]:
     try:
         os.stat(queue.msg)
-        items = [item(e) for e in queue.entries()]
+        suspended = relay_suspended(queue.path)
+        items = [item(e, suspended) for e in queue_bulk.entries(queue)]
     except FileNotFoundError:
         items = []  # no queue yet: nothing was ever queued (PermissionError goes to the caller)
     return items + list(maildrop_items(maildrop))
 
 
-def format_mailq(items: list[dict[str, Any]]) -> str:
-    """Postfix's mailq layout, so check_mailq and friends can read it."""
-    if not items:
-        return "Mail queue is empty\n"
-    out = [f"{'-Queue ID-':<17} {'--Size--':>8} ----Arrival Time---- -Sender/Recipient-------"]
-    indent = " " * (17 + 1 + 8 + 1 + 20 + 1)  # recipients line up under the sender, as in Postfix
-    total = 0
-    for it in items:
-        flag = {"hold": "!", "queued": "*" if not it["attempts"] else " "}.get(it["state"], " ")
-        created = time.strptime(it["created"][:19], "%Y-%m-%dT%H:%M:%S")
-        arrival = time.strftime("%a %b %d %H:%M:%S", created)
-        out.append(f"{it['id']}{flag} {it['size']:>8} {arrival:>20} {it['sender'] or 'MAILER-DAEMON'}")
+ARRIVAL = "%a %b %d %H:%M:%S"
+
+
+class MailqText:
+    """Postfix's mailq layout, so check_mailq and friends can read it, one message at a time."""
+
+    HEAD = f"{'-Queue ID-':<17} {'--Size--':>8} ----Arrival Time---- -Sender/Recipient-------"
+    INDENT = " " * (17 + 1 + 8 + 1 + 20 + 1)  # recipients line up under the sender, as in Postfix
+
+    def __init__(self) -> None:
+        self.out = [self.HEAD]
+        self.total = 0
+        self.count = 0
+
+    def _first(self, qid: str, flag: str, size: int, arrival: str, sender: str) -> None:
+        self.out.append(f"{qid}{flag} {size:>8} {arrival:>20} {sender or 'MAILER-DAEMON'}")
+        self.total += size
+        self.count += 1
+
+    def fresh(self, qid: str, env: fmt.Envelope, size: int, suspended: str | None) -> None:
+        """A message with no state file: what item(entry, suspended) makes of it (never tried,
+        every recipient pending; queued, or deferred with the suspension as its reason),
+        without the dict."""
+        arrival = time.strftime(ARRIVAL, time.localtime(env.created))
+        out = self.out
+        flag = " " if suspended else "*"
+        out.append(f"{qid}{flag} {size:>8} {arrival:>20} {env.sender or 'MAILER-DAEMON'}")
+        if suspended:
+            out.append(f"({suspended[:200]})")
+        for r in env.recipients:
+            out.append(self.INDENT + r)
+        out.append("")
+        self.total += size
+        self.count += 1
+
+    def item(self, it: dict[str, Any]) -> None:
+        state = it["state"]
+        flag = "!" if state == "hold" else "*" if state == "queued" and not it["attempts"] else " "
+        # fromisoformat is C; time.strptime is pure Python
+        arrival = datetime.datetime.fromisoformat(it["created"]).strftime(ARRIVAL)
+        self._first(it["id"], flag, it["size"], arrival, it["sender"])
         if it["last_error"]:
-            out.append(f"({it['last_error'][:200]})")
+            self.out.append(f"({it['last_error'][:200]})")
         for r in it["recipients"]:
             if r["state"] == "pending" or it["state"] == "failed":
-                out.append(indent + r["address"])
-        out.append("")
-        total += it["size"]
-    n = len(items)
-    out.append(f"-- {(total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.")
-    return "\n".join(out) + "\n"
+                self.out.append(self.INDENT + r["address"])
+        self.out.append("")
+
+    def text(self) -> str:
+        if not self.count:
+            return "Mail queue is empty\n"
+        n = self.count
+        self.out.append(f"-- {(self.total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.")
+        return "\n".join(self.out) + "\n"
+
+
+def format_mailq(items: list[dict[str, Any]]) -> str:
+    """Postfix's mailq layout for collect()'s items."""
+    text = MailqText()
+    for it in items:
+        text.item(it)
+    return text.text()
+
+
+def mailq(queue: Queue, maildrop: str) -> str:
+    """format_mailq(collect(queue, maildrop)), without a dict per fresh message: with 100,000
+    queued, building and formatting the dicts cost more than reading the files."""
+    text = MailqText()
+    try:
+        os.stat(queue.msg)
+        suspended = relay_suspended(queue.path)
+        for qid, env, size, st in queue_bulk.scan(queue):
+            if st is None:
+                text.fresh(qid, env, size, suspended)
+            else:
+                text.item(item(Entry(qid, env, st or qs.State(), size), suspended))
+    except FileNotFoundError:
+        pass  # no queue yet: nothing was ever queued (PermissionError goes to the caller)
+    for it in maildrop_items(maildrop):
+        text.item(it)
+    return text.text()
 
 
 def counts(items: list[dict[str, Any]]) -> dict[str, int]:

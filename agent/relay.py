@@ -10,7 +10,8 @@ plus one per recipient: MAIL, every RCPT and DATA go out in one write, then the 
 
 The work is done by relay_handshake (connect, STARTTLS, AUTH), relay_plain and relay_pipelined (a
 transaction), relay_link (connection state, failures), relay_commands (what is sent), relay_results
-(per-recipient results), relay_errors and relay_tls; this module keeps the names callers import.
+(per-recipient results), relay_body (the message streamed from its queue file, dot-stuffed as it
+goes), relay_errors and relay_tls; this module keeps the names callers import.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from agent.config import RelayConfig
+from agent.message_source import MessageSource
 from agent.relay_commands import dsn_mail_options, dsn_rcpt_options, new_transaction
 from agent.relay_errors import RelayError
 from agent.relay_handshake import Progress, handshake
@@ -71,16 +73,20 @@ class RelayConnection:
         self,
         sender: str,
         recipients: Sequence[str],
-        message: bytes,
+        message: bytes | MessageSource,
         dsn: Mapping[str, str] | None = None,
         before_mail: Callable[[], Awaitable[None]] | None = None,
     ) -> TxResult:
+        """One transaction; a MessageSource read from its queue file is streamed, never held whole.
+        A file's source must be scan()ned first (for BODY=8BITMIME)."""
         link = self._link
         smtp = link.smtp
         if smtp is None or not link.usable:
             raise RelayError("reuse", "connection is not open", link.relay)
         if not smtp.is_connected:
             raise link.error("reuse", "relay closed the idle connection")
+        if isinstance(message, bytes):
+            message = MessageSource.from_bytes(message)
         tx = new_transaction(sender, recipients, message, dsn or {}, smtp.supports_extension)
         if before_mail is not None:
             await before_mail()

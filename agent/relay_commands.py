@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.message_source import MessageSource
 from agent.smtp_client_lite import xtext
 
 _CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
@@ -31,14 +32,14 @@ def dsn_rcpt_options(dsn: Mapping[str, str]) -> list[str]:
 
 
 def esmtp_options(
-    offers: Callable[[str], bool], utf8: bool, message: bytes, dsn: Mapping[str, str]
+    offers: Callable[[str], bool], utf8: bool, message: MessageSource, dsn: Mapping[str, str]
 ) -> tuple[list[bytes], list[bytes]]:
     """MAIL's and RCPT's parameters, for the extensions the relay offers."""
     mail: list[str] = []
     rcpt: list[str] = []
     if offers("size"):
-        mail.append(f"SIZE={len(message)}")
-    if not message.isascii() and offers("8bitmime"):
+        mail.append(f"SIZE={message.size}")
+    if offers("8bitmime") and not message.ascii:
         mail.append("BODY=8BITMIME")
     # Without SMTPUTF8 on offer we still try: the relay's own reply decides (5xx = permanent).
     if utf8 and offers("smtputf8"):
@@ -60,7 +61,7 @@ def command(*args: bytes) -> bytes:
 class Transaction:
     sender: str
     recipients: Sequence[str]
-    message: bytes
+    message: MessageSource
     mail_opts: list[bytes]
     rcpt_opts: list[bytes]
     enc: str  # "utf-8" when an address needs it, else "ascii"
@@ -82,7 +83,7 @@ class Transaction:
 def new_transaction(
     sender: str,
     recipients: Sequence[str],
-    message: bytes,
+    message: MessageSource,
     dsn: Mapping[str, str],
     offers: Callable[[str], bool],
 ) -> Transaction:

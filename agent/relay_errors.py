@@ -8,6 +8,7 @@ as temporary.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 
 import aiosmtplib
@@ -24,11 +25,34 @@ class RelayError(TempError):
     began: nothing was attempted, so the caller may reconnect and retry at once.
     """
 
-    def __init__(self, stage: str, reply: str, relay: str) -> None:
-        super().__init__(f"{stage} failed at {relay}: {reply}")
+    def __init__(self, stage: str, reply: str, relay: str, *, names_relay: bool = False) -> None:
+        # names_relay: the reply already names the relay host (a resolver failure), say it once
+        super().__init__(reply if names_relay else f"{stage} failed at {relay}: {reply}")
         self.stage = stage
         self.reply = reply
         self.relay = relay
+
+
+def relay_failure(stage: str, exc: BaseException, host: str, relay: str, password: str | None) -> RelayError:
+    """The RelayError for a transport/protocol failure, its reason redacted."""
+    unresolved = unresolved_reason(exc, host)
+    if unresolved is not None:
+        return RelayError(stage, redact(unresolved, password), relay, names_relay=True)
+    return RelayError(stage, redact(describe(exc), password), relay)
+
+
+def unresolved_reason(exc: BaseException, host: str) -> str | None:
+    """The reason "cannot resolve relay host X: ..." when the resolver failed, else None.
+
+    gaierror's errno is an EAI_* code, not an errno: os.strerror would say "Unknown error -2";
+    its strerror is gai_strerror's text.
+    """
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, socket.gaierror):
+            return one_line(f"cannot resolve relay host {host}: {chain.strerror or chain}")
+        chain = chain.__cause__ or chain.__context__
+    return None
 
 
 def describe(exc: BaseException) -> str:
@@ -37,6 +61,8 @@ def describe(exc: BaseException) -> str:
         return reply_text(exc.code, exc.message)
     chain: BaseException | None = exc
     while chain is not None:
+        if isinstance(chain, socket.gaierror):
+            return one_line(f"cannot resolve host: {chain.strerror or chain}")
         if isinstance(chain, ssl.SSLCertVerificationError):
             return one_line(f"certificate verification failed: {chain.verify_message}")
         if isinstance(chain, ssl.SSLError):

@@ -14,7 +14,7 @@ import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
 from agent.config import RelayConfig
-from agent.relay_errors import RelayError, describe, is_tls_error, redact
+from agent.relay_errors import RelayError, is_tls_error, redact, relay_failure
 from agent.relay_results import reply_text
 from agent.smtp_pipeline import Replies
 
@@ -43,7 +43,7 @@ class RelayLink:
             self.fail()
             if stage == "connect" and self.cfg.tls == "implicit" and is_tls_error(exc):
                 stage = "tls"
-            raise RelayError(stage, redact(describe(exc), self.password), self.relay) from None
+            raise relay_failure(stage, exc, self.cfg.host, self.relay, self.password) from None
 
     def write(self, data: bytes) -> None:
         """Send on the connection (inside a stage). The relay may have closed it together with its
@@ -52,6 +52,17 @@ class RelayLink:
         if smtp is None or smtp.protocol is None or smtp.transport is None or smtp.transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("connection closed by the relay")
         smtp.protocol.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport has passed what was written on to the kernel (inside a stage),
+        at most data_timeout: a relay that stops reading must not stall us, nor grow our buffers."""
+        smtp = self.smtp
+        if smtp is None or smtp.protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection closed by the relay")
+        async with asyncio.timeout(self.cfg.data_timeout):
+            # aiosmtplib's protocol is asyncio's FlowControlMixin (pause_writing/resume_writing,
+            # which the pipelined reader passes on); _drain_helper is how StreamWriter.drain waits.
+            await smtp.protocol._drain_helper()
 
     def error(self, stage: str, reply: str) -> RelayError:
         self.fail()

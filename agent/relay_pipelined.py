@@ -1,17 +1,18 @@
 """A transaction pipelined as RFC 2920 allows: MAIL, every RCPT and DATA in one write, then the body.
 
-Two round trips instead of three plus one per recipient. Every reply to the batch is read, even
-after a refusal, to stay in step with the relay.
+Two round trips instead of three plus one per recipient; the body is streamed (relay_body). Every
+reply to the batch is read, even after a refusal, to stay in step with the relay.
 """
 
 from __future__ import annotations
 
 from aiosmtplib.response import SMTPResponse
 
+from agent.message_source import MessageSource
+from agent.relay_body import send_body
 from agent.relay_commands import Transaction
 from agent.relay_link import RelayLink
 from agent.relay_results import RcptResult, final_results, rcpt_results, refuse_all
-from agent.smtp_client_lite import dot_stuff
 from agent.smtp_pipeline import Replies
 
 
@@ -58,9 +59,11 @@ async def _batch_replies(
     return mail, rcpts, data
 
 
-async def _body(link: RelayLink, replies: Replies, message: bytes, accepted: list[str]) -> list[RcptResult]:
+async def _body(
+    link: RelayLink, replies: Replies, message: MessageSource, accepted: list[str]
+) -> list[RcptResult]:
     async with link.stage("data"):
-        link.write(dot_stuff(message))
+        await send_body(link, message)
         resp = link.check_421("data", await replies.read(link.cfg.data_timeout))
     return final_results(resp, accepted)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
+from agent.message_source import MessageSource
+from agent.relay_body import send_body
 from agent.relay_commands import Transaction
 from agent.relay_link import RelayLink
 from agent.relay_results import RcptResult, final_results, rcpt_results, refuse_all
@@ -35,11 +37,18 @@ async def _rcpts(
 
 
 async def _data(
-    link: RelayLink, smtp: aiosmtplib.SMTP, message: bytes, accepted: list[str]
+    link: RelayLink, smtp: aiosmtplib.SMTP, message: MessageSource, accepted: list[str]
 ) -> list[RcptResult]:
+    """DATA, then the message streamed from its file (aiosmtplib's data() wants it whole)."""
     async with link.stage("data"):
-        try:
-            resp = await smtp.data(message, timeout=link.cfg.data_timeout)
-        except aiosmtplib.SMTPDataError as exc:  # a reply, not a connection failure
-            resp = SMTPResponse(exc.code, exc.message)
+        resp = await smtp.execute_command(b"DATA")
+        if link.check_421("data", resp).code == 354:
+            protocol = smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection closed by the relay")
+            # as aiosmtplib's own DATA does before the body: a reply that arrives while the body
+            # is still going out (a relay that gives up early) is kept, not dropped as unsolicited
+            protocol._response_pending = True
+            await send_body(link, message)
+            resp = await protocol.read_response(timeout=link.cfg.data_timeout)
     return final_results(link.check_421("data", resp), accepted)

@@ -9,6 +9,8 @@ import functools
 import os
 import ssl
 
+from agent.errors import ConfigError
+
 
 def tls_context(ca_file: str = "") -> ssl.SSLContext:
     """Verification is always on (certificate and host name); there is deliberately no switch."""
@@ -36,3 +38,16 @@ def shared_tls_context(ca_file: str = "") -> ssl.SSLContext:
     if mtime == -1:
         return tls_context(ca_file)
     return _shared_context(ca_file, mtime)
+
+
+def check_ca_file(ca_file: str) -> None:
+    """Build the context the daemon would build; ConfigError naming relay.ca_file if it cannot."""
+    if not ca_file:
+        return
+    try:
+        tls_context(ca_file)
+    except ssl.SSLError as exc:  # an OSError too: first
+        reason = exc.reason or str(exc).splitlines()[0]
+        raise ConfigError(f"relay.ca_file {ca_file}: no usable CA certificate in it ({reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"relay.ca_file {ca_file}: cannot read: {exc.strerror or exc}") from None

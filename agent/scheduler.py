@@ -10,41 +10,24 @@ import heapq
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 from agent import backoff, bounce, pacer
 from agent import envelope as fmt
 from agent import queue_state as qs
 from agent.cleanup import Cleanup, Prepared
 from agent.config import Config
+from agent.counters import Counters
 from agent.disk_thread import DiskThread
 from agent.errors import AgentError, TempError
+from agent.message_source import MessageSource, open_queued
 from agent.queue import Queue
-from agent.relay import RcptResult, RelayConnection, RelayError
+from agent.relay import RcptResult, RelayConnection, RelayError, TxResult
 
 log = logging.getLogger("relay-agent")
 
 CONNECT_BACKOFF_MAX = 30.0
 DRAIN_SECONDS = 6.0  # within the daemon's 8 s, within systemd's 10 s
 ID_MASK = (1 << 64) - 1
-
-
-@dataclass
-class Counters:
-    queued: int = 0
-    sent: int = 0
-    deferred: int = 0
-    bounced: int = 0
-    last_relay_error: str | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def bump(self, outcome: str, n: int = 1) -> None:
-        setattr(self, outcome, getattr(self, outcome) + n)
-        self.changed.set()
-
-    def relay_error(self, text: str) -> None:
-        self.last_relay_error = text
-        self.changed.set()
 
 
 class Scheduler:
@@ -110,8 +93,22 @@ class Scheduler:
         if key in self.known or qid in self.inflight:
             return  # scheduled already, or being delivered: never twice at once
         self.known.add(key)
-        heapq.heappush(self.heap, (max(0, int(due * 1000)) << 64) | key)
+        due_ms = max(0, int(due * 1000))
+        # due now (every fresh message): the heap shares the set's int instead of an equal copy
+        heapq.heappush(self.heap, (due_ms << 64) | key if due_ms else key)
         self.wake.set()
+
+    def hold(self, qid: str) -> bool:
+        """Keep an unscheduled message from delivery, `add` and `flush` until `unhold` (pickup)."""
+        if qid in self.inflight or int(qid, 16) in self.known:
+            return False
+        self.inflight.add(qid)
+        return True
+
+    def unhold(self, qid: str, deliver: bool) -> None:
+        self.inflight.discard(qid)
+        if deliver:
+            self.add(qid)
 
     def _next_due(self) -> float:
         return (self.heap[0] >> 64) / 1000
@@ -123,8 +120,14 @@ class Scheduler:
 
     def flush(self) -> None:
         """Everything due now, including messages that appeared on disk behind our back."""
-        self.heap = [key & ID_MASK for key in self.heap]
-        heapq.heapify(self.heap)
+        # In place, and only the entries that are not due now already: a second list of 100,000
+        # ints made here was a few MB the process kept after `queue flush` (freed blocks of a
+        # size stay with the allocator), over the 60 MB budget.
+        heap = self.heap
+        for i, key in enumerate(heap):
+            if key > ID_MASK:
+                heap[i] = key & ID_MASK
+        heapq.heapify(heap)
         self.load_index()
         self.connect_backoff = 0.0
         self.wake.set()
@@ -210,19 +213,28 @@ class Scheduler:
     # -- one message ------------------------------------------------------------
     async def _deliver(self, qid: str, conn: RelayConnection | None) -> RelayConnection | None:
         if time.time() < self.connect_backoff:
-            # the relay just failed to connect: do not even read the file (expiry waits too,
+            # the relay just failed to connect: do not even open the file (expiry waits too,
             # since a bounce needs the relay as much as the message does)
             self._requeue(qid, self.connect_backoff)
             return conn
         try:
-            env, message, st = self._load(qid)  # a read: cheaper on the loop than a thread hop
+            # a small message is one read: cheaper on the loop than a thread hop
+            env, source = open_queued(self.queue.msg_path(qid))
         except FileNotFoundError:
             return conn  # deleted by `queue delete` meanwhile
         except fmt.FormatError as exc:
             log.error("%s", self.queue.quarantine(qid, str(exc)))
             return conn
+        with source:
+            if not source.scanned:  # a big one is read through once, off the loop (8BITMIME?)
+                await self.disk.run(source.scan)
+            return await self._attempt(qid, env, source, self.queue.read_state(qid), conn)
+
+    async def _attempt(
+        self, qid: str, env: fmt.Envelope, source: MessageSource, st: qs.State, conn: RelayConnection | None
+    ) -> RelayConnection | None:
         now = time.time()
-        if st.bounce_due and not await self._send_bounce(qid, env, message, st):
+        if st.bounce_due and not await self._send_bounce(qid, env, source, st):
             self._requeue(qid, now + self.cfg.queue.retry_initial)
             return conn
         if st.state == "hold":
@@ -242,38 +254,41 @@ class Scheduler:
             age = int(now - env.created)
             reason = f"message expired after {age}s in the queue ({st.last_error or 'no reply'})"
             results = [RcptResult(env.recipients[i], "perm", "554 5.4.7 " + reason) for i in pending]
-            await self._record(qid, env, message, st, pending, results, "", now)
+            await self._record(qid, env, source, st, pending, results, "", now)
             return conn
         try:
-            conn = await self._connection(conn)
-            args = (env.sender, [env.recipients[i] for i in pending], message, dict(env.dsn))
-            try:
-                tx = await conn.send(*args, before_mail=self.limiter.acquire)
-            except RelayError as exc:
-                if exc.stage != "reuse":
-                    raise
-                # the relay closed our idle connection before anything was sent: reconnect once
-                conn = await self._connection(conn)
-                tx = await conn.send(*args, before_mail=self.limiter.acquire)
+            conn, tx = await self._transaction(conn, env, pending, source)
         except RelayError as exc:
             self.connect_backoff = time.time() + min(CONNECT_BACKOFF_MAX, self.cfg.queue.retry_initial)
             self.counters.relay_error(str(exc))
+            self.counters.suspend(exc)
             results = [RcptResult(env.recipients[i], "temp", str(exc)) for i in pending]
-            await self._record(qid, env, message, st, pending, results, exc.relay, now)
+            await self._record(qid, env, source, st, pending, results, exc.relay, now)
             return conn
         self.connect_backoff = 0.0
-        await self._record(qid, env, message, st, pending, list(tx.results), tx.relay, now)
+        self.counters.resume()
+        await self._record(qid, env, source, st, pending, list(tx.results), tx.relay, now)
         return conn
 
-    def _load(self, qid: str) -> tuple[fmt.Envelope, bytes, qs.State]:
-        env, message = self.queue.read(qid)
-        return env, message, self.queue.read_state(qid)
+    async def _transaction(
+        self, conn: RelayConnection | None, env: fmt.Envelope, pending: list[int], source: MessageSource
+    ) -> tuple[RelayConnection, TxResult]:
+        conn = await self._connection(conn)
+        args = (env.sender, [env.recipients[i] for i in pending], source, dict(env.dsn))
+        try:
+            return conn, await conn.send(*args, before_mail=self.limiter.acquire)
+        except RelayError as exc:
+            if exc.stage != "reuse":
+                raise
+        # the relay closed our idle connection before anything was sent: reconnect once
+        conn = await self._connection(conn)
+        return conn, await conn.send(*args, before_mail=self.limiter.acquire)
 
     async def _record(
         self,
         qid: str,
         env: fmt.Envelope,
-        message: bytes,
+        source: MessageSource,
         st: qs.State,
         pending: list[int],
         results: list[RcptResult],
@@ -294,6 +309,7 @@ class Scheduler:
                 st.rcpt[i] = (qs.FAILED, res.reply)
                 newly_failed.append(bounce.FailedRecipient(res.address, res.reply, remote=bool(relay)))
             else:
+                st.rcpt[i] = (qs.PENDING, res.reply)  # still pending, with the reason why
                 temp_errors.append(res.reply)
         if newly_failed:
             self.counters.bump("bounced")
@@ -324,7 +340,7 @@ class Scheduler:
         if sent_now:
             self.counters.bump("sent")
         if still or any_failed:
-            if st.bounce_due and not await self._send_bounce(qid, env, message, st, relay):
+            if st.bounce_due and not await self._send_bounce(qid, env, source, st, relay):
                 due = min(due, now + self.cfg.queue.retry_initial)
             self._requeue(qid, due)
 
@@ -352,7 +368,7 @@ class Scheduler:
         return True
 
     async def _send_bounce(
-        self, qid: str, env: fmt.Envelope, message: bytes, st: qs.State, relay: str = ""
+        self, qid: str, env: fmt.Envelope, source: MessageSource, st: qs.State, relay: str = ""
     ) -> bool:
         """Queue one DSN for the recipients in st.bounce_due; False to try again later."""
         failed = [
@@ -364,7 +380,8 @@ class Scheduler:
             qid=qid,
             sender=env.sender,
             failed=failed,
-            original=message,
+            original=source.prefix(bounce.SIZE_LIMIT),  # never a whole big message in memory
+            original_size=source.size,
             hostname=self.cfg.hostname,
             mailer_daemon=cleanup.mailer_daemon(),
             relay=relay,

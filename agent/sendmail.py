@@ -13,12 +13,19 @@ import time
 from agent import addressing, digest, headers, pickup_trigger
 from agent.config_path import find_path
 from agent.dkim_policy import signing_domain, unsigned_refusal
+from agent.envelope import END, Envelope, encode_header
 from agent.errors import EX_TEMPFAIL, AgentError, MessageError, PolicyError, TempError, TooBigError
 from agent.sendmail_args import Options, parse
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms
 if TYPE_CHECKING:
     from typing import BinaryIO
+
+# A message is held as a list of CRLF parts, the first holding all its header fields (which
+# headers' functions then read and edit as if it were the whole message). Up to CHUNK it is
+# one part, read and made CRLF whole; a bigger one is read, made CRLF and split a chunk at a
+# time (agent.sendmail_message, imported only then), so it is never held twice.
+CHUNK = 1 << 16
 
 
 class Runtime:
@@ -78,25 +85,32 @@ def load_runtime(cli_path: str | None) -> Runtime:
     return Runtime(digest.build(cfg, st))
 
 
-def read_message(stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> bytes:
-    """stdin up to EOF, or (without -i) up to a line holding a lone "."."""
-    if stream is None:
-        return b""
-    if ignore_dots:
-        data = stream.read(limit + 1)
-    else:
-        parts: list[bytes] = []
+def read_message(stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> list[bytes]:
+    """stdin up to EOF, or (without -i) up to a line holding a lone ".", made CRLF (normalize)."""
+    first, more = b"", False
+    if stream is not None and ignore_dots:
+        first = stream.read(CHUNK)
+        more = len(first) == CHUNK  # short only at EOF
+    elif stream is not None:
+        lines: list[bytes] = []
         size = 0
         while size <= limit:
             line = stream.readline(limit + 2 - size)
             if not line or line in (b".\n", b".\r\n", b"."):
                 break
-            parts.append(line)
+            lines.append(line)
             size += len(line)
-        data = b"".join(parts)
-    if len(data) > limit:
+            if size >= CHUNK:
+                more = True
+                break
+        first = b"".join(lines)
+    if more:
+        from agent import sendmail_message
+
+        return sendmail_message.read_rest(first, stream, ignore_dots, limit)
+    if len(first) > limit:
         raise TooBigError(f"message exceeds the size limit of {limit} bytes (limits.max_message_size)")
-    return data
+    return [normalize(first)]
 
 
 def normalize(data: bytes) -> bytes:
@@ -133,26 +147,28 @@ def envelope_sender(rt: Runtime, raw: str | None) -> str:
 
 
 def prepare(
-    rt: Runtime, message: bytes, sender: str, recipients: list[str], full_name: str, extract: bool
-) -> tuple[list[str], bytes]:
-    """Final recipients and message: -t, aliases, Bcc removal, missing headers, DKIM policy."""
+    rt: Runtime, message: list[bytes], sender: str, recipients: list[str], full_name: str, extract: bool
+) -> list[str]:
+    """Final recipients, and the message's first part (its header fields) made final in
+    place: -t, aliases, Bcc removal, missing headers, DKIM policy. The rest is not copied."""
     wanted = [a for r in recipients for a in addressing.parse_address_list(r)]
+    head = message[0]
     if extract:
-        wanted += headers.recipients_for_t(message)
+        wanted += headers.recipients_for_t(head)
     rcpts = addressing.resolve_all(wanted, rt.aliases, rt.local_names)
     if not rcpts:
         raise MessageError("no recipients (give them as arguments, or use -t with To:/Cc:/Bcc:)")
-    message = headers.rewrite_from(headers.strip_bcc(message), lambda addr: local_sender(rt, addr))
-    message = headers.add_missing(message, sender, full_name, rt.hostname, time.time())
+    head = headers.rewrite_from(headers.strip_bcc(head), lambda addr: local_sender(rt, addr))
+    message[0] = headers.add_missing(head, sender, full_name, rt.hostname, time.time())
     if rt.unsigned == "reject":
-        domain = headers.from_domain(message)
+        domain = headers.from_domain(message[0])
         if signing_domain(domain, rt.dkim_domains) is None:
             raise PolicyError(unsigned_refusal(domain))
-    return rcpts, message
+    return rcpts
 
 
 def deliver(
-    rt: Runtime, sender: str, rcpts: list[str], message: bytes, dsn: tuple[tuple[str, str], ...]
+    rt: Runtime, sender: str, rcpts: list[str], message: list[bytes], dsn: tuple[tuple[str, str], ...]
 ) -> str:
     """Durably queue the message, into the maildrop or through the daemon.
 
@@ -167,22 +183,49 @@ def deliver(
     if not maildrop_write.can_fsync(rt.maildrop) and hand_over(rt, sender, rcpts, message, dsn):
         return "daemon"
     refuse_unfixable(message)
-    maildrop_write.write(rt.maildrop, rt.min_free, sender, rcpts, message, dsn)
+    maildrop_write.ensure_dir(rt.maildrop)
+    pending = maildrop_write.Pending(rt.maildrop, rt.min_free)
+    try:
+        for part in framed(sender, rcpts, message, dsn):
+            pending.write(part)
+        pending.commit()
+    except BaseException:
+        pending.abort()  # e.g. interrupted: no dot-file left behind (a failed write removed it)
+        raise
     pickup_trigger.poke(pickup_trigger.fifo_path(rt.socket))
     return "maildrop"
 
 
+def framed(
+    sender: str, rcpts: list[str], message: list[bytes], dsn: tuple[tuple[str, str], ...]
+) -> list[bytes]:
+    """A maildrop file's bytes (also what the drop socket takes), in the parts the message is
+    held in, not copied whole once more; a small message's as one part, for one write."""
+    size = sum(map(len, message))
+    head = encode_header(Envelope(sender, tuple(rcpts), time.time(), dsn, posix.getuid()), size)
+    parts = [head, *message, END]
+    return [b"".join(parts)] if len(message) == 1 else parts
+
+
 def hand_over(
-    rt: Runtime, sender: str, rcpts: list[str], message: bytes, dsn: tuple[tuple[str, str], ...]
+    rt: Runtime, sender: str, rcpts: list[str], message: list[bytes], dsn: tuple[tuple[str, str], ...]
 ) -> bool:
     """Give the message to the running daemon: on its drop socket in one round trip, else
-    (a daemon from before the drop socket, until it restarts) over SMTP. False: no daemon."""
-    from agent import maildrop_write, smtp_client_lite  # _socket: only for this path
+    (a daemon from before the drop socket, until it restarts) over SMTP.
+
+    False: the maildrop must take it, as no daemon runs, or it went away or fell silent
+    during the hand-over (then it may have kept the message too: a duplicate is the price
+    of never losing one). A daemon's refusal is an answer: raised, no maildrop.
+    """
+    from agent import smtp_client_lite  # _socket: only for this path
 
     try:
-        data = maildrop_write.encoded(sender, rcpts, message, dsn)
-        smtp_client_lite.hand_over(smtp_client_lite.drop_path(rt.socket), data)
+        smtp_client_lite.hand_over(
+            smtp_client_lite.drop_path(rt.socket), *framed(sender, rcpts, message, dsn)
+        )
         return True
+    except smtp_client_lite.Lost:
+        return False  # not its SMTP socket: the same daemon, hung or gone
     except smtp_client_lite.Unavailable:
         pass
     try:
@@ -192,20 +235,26 @@ def hand_over(
         return False
 
 
-def refuse_unfixable(message: bytes) -> None:
+def refuse_unfixable(message: list[bytes]) -> None:
     """What the daemon's cleanup would refuse, refused now (exit 65), not at pickup:
     a line over 998 octets it cannot re-encode (a message/* part, a header with no
     place to fold). Messages without long lines, nearly all, skip the import."""
-    if len(message) > 998 and max(map(len, message.split(b"\n"))) > 998:
+    if len(message) > 1:
+        from agent.sendmail_message import longest_line  # a big message: already imported
+
+        long = longest_line(message) > 998
+    else:
+        long = len(message[0]) > 998 and max(map(len, message[0].split(b"\n"))) > 998
+    if long:
         from agent import longlines  # re and email: ~15 ms, so only for such a message
 
-        longlines.make_safe(message)
+        longlines.make_safe(b"".join(message))
 
 
 def send(opts: Options, rt: Runtime, stream: "BinaryIO | None") -> int:
-    message = normalize(read_message(stream, opts.ignore_dots, rt.max_message_size))
+    message = read_message(stream, opts.ignore_dots, rt.max_message_size)
     sender = envelope_sender(rt, opts.sender)
-    rcpts, message = prepare(rt, message, sender, list(opts.recipients), opts.full_name, opts.extract)
+    rcpts = prepare(rt, message, sender, list(opts.recipients), opts.full_name, opts.extract)
     deliver(rt, sender, rcpts, message, opts.dsn())
     return 0
 

@@ -88,7 +88,8 @@ class Session:
         self.reset()
         if too_big:
             raise TooBigError(f"message exceeds the size limit of {self.rt.max_message_size} bytes")
-        rcpts, final = prepare(self.rt, normalize(message), sender, rcpts, self.opts.full_name, False)
+        final = [normalize(message)]  # one part: read whole, as DATA's lines arrive
+        rcpts = prepare(self.rt, final, sender, rcpts, self.opts.full_name, False)
         deliver(self.rt, sender, rcpts, final, dsn)
         self.reply("250 2.0.0 ok: queued")
 
@@ -129,18 +130,26 @@ def _unxtext(value: str) -> str:
 
 
 def _read_data(stdin: BinaryIO, limit: int) -> tuple[bytes, bool]:
-    """The DATA payload, un-dot-stuffed; past the limit, read on but keep nothing."""
+    """The DATA payload, un-dot-stuffed; past the limit, read on but keep nothing.
+
+    Only CRLF ends a line here: a bare LF (or CR) inside a line is content, and only
+    `.` CRLF right after a CRLF ends the data, as Postfix's smtpd_forbid_bare_newline
+    = normalize does. Ending at `.` LF would let text inside the body that the next
+    hop reads differently (SMTP smuggling) start a second transaction.
+    """
     parts: list[bytes] = []
     size = 0
+    line_start = True
     while True:
-        line = stdin.readline()
-        if not line or line in (b".\r\n", b".\n"):
+        chunk = stdin.readline()
+        if not chunk or (line_start and chunk == b".\r\n"):
             break
-        if line.startswith(b"."):
-            line = line[1:]
-        size += len(line)
+        if line_start and chunk.startswith(b"."):
+            chunk = chunk[1:]
+        line_start = chunk.endswith(b"\r\n")
+        size += len(chunk)
         if size <= limit:
-            parts.append(line)
+            parts.append(chunk)
     return b"".join(parts), size > limit
 
 

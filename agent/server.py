@@ -8,6 +8,7 @@ and `250` only once the message is durably queued.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import struct
@@ -16,8 +17,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from agent import bodystream
 from agent.cleanup import Cleanup, Prepared
 from agent.errors import AgentError
+from agent.smtp_data import SpoolingData
+from agent.spool import Spool
 
 log = logging.getLogger("relay-agent")
 
@@ -26,8 +30,8 @@ DSN_PARAMS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
 SPECIAL = frozenset(' "()<>[]\\,;:\t\r\n\0')
 
 
-class SubmitSMTP(SMTP):
-    """aiosmtpd's server plus DSN parameters, ETRN and the peer's uid."""
+class SubmitSMTP(SpoolingData):
+    """aiosmtpd's server plus DSN parameters, ETRN, the peer's uid and a big DATA spooled."""
 
     # Local clients send lines over 998 octets; cleanup re-encodes them before signing.
     line_length_limit = 1 << 20
@@ -95,7 +99,10 @@ def socket_peer_uid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-def _content(envelope: Envelope) -> bytes:
+def _content(envelope: Envelope) -> bytes | Spool:
+    spool = getattr(envelope, "spool", None)
+    if isinstance(spool, Spool):
+        return spool
     content = envelope.original_content or envelope.content or b""
     return content if isinstance(content, bytes) else content.encode()
 
@@ -121,6 +128,10 @@ class Handler:
         self.on_flush = on_flush
         self.origin = origin
         self.commit = commit
+
+    def spool_dir(self) -> str:
+        """Where a big DATA is spooled (agent.smtp_data): the queue's tmp/."""
+        return self.cleanup().queue.tmp
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -163,12 +174,23 @@ class Handler:
         )
 
     async def accept(
-        self, sender: str, rcpts: list[str], content: bytes, uid: int, dsn: tuple[tuple[str, str], ...]
+        self,
+        sender: str,
+        rcpts: list[str],
+        content: bytes | Spool,
+        uid: int,
+        dsn: tuple[tuple[str, str], ...],
     ) -> str:
         """Queue one message (SMTP's DATA, or a whole hand-over on the drop socket); the reply."""
         try:
-            # the Python part here, on the loop; signing and the durable write beside it
-            prepared = self.cleanup().prepare(sender, rcpts, content, uid=uid, dsn=dsn, origin=self.origin)
+            cleanup = self.cleanup()
+            if isinstance(content, Spool):  # big: a chunk at a time, in cleanup's threads
+                job = functools.partial(
+                    cleanup.prepare_spool, sender, rcpts, content, uid=uid, dsn=dsn, origin=self.origin
+                )
+                prepared = await bodystream.in_thread(job, Prepared.discard)
+            else:  # the Python part here, on the loop; signing and the durable write beside it
+                prepared = cleanup.prepare(sender, rcpts, content, uid=uid, dsn=dsn, origin=self.origin)
             qid = await self.commit(prepared)
         except AgentError as exc:
             log.info("refused from %s uid=%d: %s", self.origin, uid, exc.message)
@@ -176,9 +198,8 @@ class Handler:
         except Exception:
             log.exception("unexpected error while queueing")
             return "451 4.3.0 internal error; try again later"
-        log.info(
-            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)", qid, sender, len(rcpts), len(content), uid
-        )
+        size = content.size if isinstance(content, Spool) else len(content)
+        log.info("%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)", qid, sender, len(rcpts), size, uid)
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def handle_ETRN(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:

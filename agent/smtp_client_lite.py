@@ -16,14 +16,29 @@ from agent.errors import (
     UnknownRecipientError,
 )
 
-CONNECT_TIMEOUT = 30.0
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms (sendmail's path)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+CONNECT_TIMEOUT = 30.0  # connecting, and the greeting
 COMMAND_TIMEOUT = 60.0
-DATA_TIMEOUT = 600.0  # the daemon answers the final "." only after fsync
+# The answer to a whole message (and the writing of it): the daemon answers once it has written
+# and fsynced it, which on a disk busy with other writeback takes seconds, rarely tens. A daemon
+# silent for longer is taken for hung and the maildrop takes the message: waiting too little
+# risks a duplicate (the daemon may still store it), never a loss; too long only holds the caller.
+REPLY_TIMEOUT = 60.0
 MAX_LINE = 4096
+CHUNK = 1 << 16  # a big message is dot-stuffed and sent this much at a time, not copied whole
 
 
 class Unavailable(Exception):
-    """The daemon cannot be reached (or left) before the message was handed over: use the maildrop."""
+    """No daemon took the message (none runs, or it went away first): use the maildrop."""
+
+
+class Lost(Unavailable):
+    """The daemon went away or stopped answering once reached: its other socket (the same
+    daemon) is not tried, the maildrop takes the message. If some of it was sent, the daemon
+    may have kept it too: a duplicate at worst, never a loss."""
 
 
 class Reply:
@@ -70,11 +85,14 @@ class Connection:
         self.buf = b""
 
     @classmethod
-    def open_unix(cls, path: str, timeout: float = CONNECT_TIMEOUT) -> "Connection":
+    def open_unix(cls, path: str, timeout: float | None = None) -> "Connection":
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
+            sock.settimeout(CONNECT_TIMEOUT if timeout is None else timeout)
             sock.connect(path)
+        except TimeoutError:
+            sock.close()  # its backlog is full and stays full: a daemon that does not accept
+            raise Lost(f"{path}: the daemon does not accept connections") from None
         except OSError as exc:
             sock.close()
             raise Unavailable(f"{path}: {exc.strerror or exc}") from None
@@ -99,8 +117,8 @@ class Connection:
                 raise OSError("connection closed by the daemon")
             self.buf += chunk
 
-    def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
-        self.sock.settimeout(timeout)
+    def reply(self, timeout: float | None = None) -> Reply:
+        self.sock.settimeout(COMMAND_TIMEOUT if timeout is None else timeout)
         lines: list[str] = []
         while True:
             line = self._line().decode("utf-8", "replace")
@@ -110,7 +128,7 @@ class Connection:
             if line[3:4] != "-":
                 return Reply(int(line[:3]), lines)
 
-    def command(self, line: str, timeout: float = COMMAND_TIMEOUT) -> Reply:
+    def command(self, line: str, timeout: float | None = None) -> Reply:
         self.send(line.encode() + b"\r\n")
         return self.reply(timeout)
 
@@ -123,6 +141,27 @@ def dot_stuff(message: bytes) -> bytes:
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
+
+
+def send_stuffed(conn: Connection, parts: "Sequence[bytes]") -> None:
+    """Send dot_stuff(b"".join(parts)) about a CHUNK at a time, so that a big message is never
+    copied whole; a small one is still one write. Each piece is stuffed with the two bytes
+    before it, as a CR LF "." may straddle a cut; a "." at the very start counts as after a
+    line end."""
+    tail = b"\r\n"
+    out: list[bytes] = []
+    held = 0
+    for part in parts:
+        for pos in range(0, len(part), CHUNK):
+            piece = tail + part[pos : pos + CHUNK]
+            tail = piece[-2:]
+            out.append(piece.replace(b"\r\n.", b"\r\n..")[2:])
+            held += len(out[-1])
+            if held >= CHUNK:
+                conn.send(b"".join(out))
+                out, held = [], 0
+    out.append(b".\r\n" if tail == b"\r\n" else b"\r\n.\r\n")
+    conn.send(b"".join(out))
 
 
 def xtext(value: str) -> str:
@@ -141,23 +180,25 @@ def submit(
     helo: str,
     sender: str,
     recipients: list[str],
-    message: bytes,
+    message: "bytes | Sequence[bytes]",
     dsn: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    """Hand one message to the daemon; returns once it replied 250 to the final ".".
+    """Hand one message (whole, or the parts it is held in) to the daemon; returns once it
+    replied 250 to the final ".".
 
-    Raises Unavailable when the message can safely go to the maildrop instead
-    (nothing was handed over), an AgentError for a refusal or a lost session.
+    Raises Unavailable (Lost: the daemon went away or fell silent mid-way) when the maildrop
+    should take the message, an AgentError for the daemon's refusal.
     """
+    parts = (message,) if isinstance(message, bytes) else message
     conn = Connection.open_unix(path)
     try:
-        _transaction(conn, helo, sender, recipients, message, dict(dsn))
+        _transaction(conn, helo, sender, recipients, parts, dict(dsn))
     finally:
         conn.close()
 
 
 def _transaction(
-    conn: Connection, helo: str, sender: str, rcpts: list[str], message: bytes, dsn: dict[str, str]
+    conn: Connection, helo: str, sender: str, rcpts: list[str], parts: "Sequence[bytes]", dsn: dict[str, str]
 ) -> None:
     try:
         # our own daemon reads EHLO sent ahead of its greeting: one round trip less per message
@@ -169,28 +210,35 @@ def _transaction(
         if ehlo.code != 250:
             raise Unavailable(f"daemon EHLO reply: {ehlo}")
         ext = _extensions(ehlo)
-        _envelope(conn, ext, sender, rcpts, message, dsn)
+        _envelope(conn, ext, sender, rcpts, parts, dsn)
     except OSError as exc:
         raise Unavailable(f"daemon session failed: {exc}") from None
     try:
-        conn.send(dot_stuff(message))
-        final = conn.reply(DATA_TIMEOUT)
-    except OSError as exc:
-        # the daemon may or may not have queued it: make the caller retry, never drop it
-        raise TempError(f"lost the daemon while sending the message: {exc}") from None
+        conn.sock.settimeout(REPLY_TIMEOUT)
+        send_stuffed(conn, parts)
+        final = conn.reply(REPLY_TIMEOUT)
+    except OSError as exc:  # incl. a timeout: it may or may not have queued it
+        raise Lost(f"lost the daemon while sending the message: {exc}") from None
+    if final.code == 421:  # closing, which is not an answer about this message: it did not take it
+        raise Unavailable(f"daemon is closing: {final}")
     if final.code != 250:
         raise _refusal(conn, final)
     _quit(conn)
 
 
 def _envelope(
-    conn: Connection, ext: set[str], sender: str, rcpts: list[str], message: bytes, dsn: dict[str, str]
+    conn: Connection,
+    ext: set[str],
+    sender: str,
+    rcpts: list[str],
+    parts: "Sequence[bytes]",
+    dsn: dict[str, str],
 ) -> None:
     """MAIL, RCPT... and DATA; with PIPELINING in one write (fewer round trips: startup budget)."""
     mail = f"MAIL FROM:<{sender}>"
     if "SIZE" in ext:
-        mail += f" SIZE={len(message)}"
-    if "8BITMIME" in ext and not message.isascii():
+        mail += f" SIZE={sum(map(len, parts))}"
+    if "8BITMIME" in ext and not all(part.isascii() for part in parts):
         mail += " BODY=8BITMIME"
     if "DSN" in ext and "ret" in dsn:
         mail += f" RET={dsn['ret']}"
@@ -237,26 +285,32 @@ def drop_path(socket_path: str) -> str:
     return f"{socket_path}.drop" if socket_path else ""
 
 
-def hand_over(path: str, data: bytes) -> None:
-    """Give the daemon's drop socket a whole maildrop-format message; returns on its 250.
+def hand_over(path: str, data: bytes, *more: bytes) -> None:
+    """Give the daemon's drop socket a whole maildrop-format message (data, then each of
+    `more`, as one stream); returns on its 250.
 
-    Raises Unavailable when nothing was handed over (no daemon: use the maildrop), an
-    AgentError for a refusal, TempError when the daemon went away mid-way.
+    Raises Unavailable when there is no drop socket (try SMTP, then the maildrop), Lost when
+    the daemon went away or fell silent (the maildrop, at once), an AgentError for a refusal.
     """
     conn = Connection.open_unix(path)
     try:
-        conn.sock.settimeout(DATA_TIMEOUT)  # the daemon answers once it fsynced the message
+        conn.sock.settimeout(REPLY_TIMEOUT)  # a daemon reads as we write, unless it is hung
         try:
-            conn.send(data)
+            for piece in (data, *more):
+                conn.send(piece)
             conn.sock.shutdown(_socket.SHUT_WR)
+        except TimeoutError:
+            raise Lost(f"{path}: the daemon stopped reading the message") from None
         except OSError:
             pass  # e.g. refused as too big while we were still writing: its reply says so
         try:
-            reply = conn.reply(DATA_TIMEOUT)
-        except OSError as exc:
-            raise TempError(f"lost the daemon while handing the message over: {exc}") from None
+            reply = conn.reply(REPLY_TIMEOUT)
+        except OSError as exc:  # incl. a timeout: it may or may not have stored it
+            raise Lost(f"lost the daemon while handing the message over: {exc}") from None
     finally:
         conn.close()
+    if reply.code == 421:  # closing or too busy, not an answer about this message: the maildrop
+        raise Lost(f"daemon is not taking messages: {reply}")
     if reply.code != 250:
         raise error_for_reply(reply)
 

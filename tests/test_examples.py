@@ -373,10 +373,19 @@ def test_django_sendmail_backend_with_bcc(s: Site, monkeypatch: pytest.MonkeyPat
 
 
 def test_example_config_is_valid(tmp_path: Path) -> None:
-    # A copy: the CLI leaves a pre-digested cache beside the TOML it reads
-    config = tmp_path / "config.toml"
-    shutil.copyfile(EXAMPLES / "config.toml", config)
+    # A copy: the CLI leaves a pre-digested cache beside the TOML it reads. `config check`
+    # opens every key file the config names, as the daemon would: the copy's keys are made
+    # here, where the example's /etc/relay-agent/dkim/ paths would be on a real host.
     env = {k: v for k, v in os.environ.items() if k != "RELAY_AGENT_CONFIG"}
+    text = (EXAMPLES / "config.toml").read_text()
+    for selector in ("relay2025", "relay2026"):
+        keygen = [RELAY_AGENT, "dkim", "keygen", "--domain", "example.com", "--selector", selector]
+        subprocess.run([*keygen, "--out", str(tmp_path)], check=True, capture_output=True, env=env)
+        text = text.replace(
+            f"/etc/relay-agent/dkim/example.com.{selector}.pem", str(tmp_path / f"example.com.{selector}.pem")
+        )
+    config = tmp_path / "config.toml"
+    config.write_text(text)
     r = subprocess.run(
         [RELAY_AGENT, "--config", str(config), "config", "check"],
         capture_output=True,
@@ -386,3 +395,12 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert '"host": "smtp.elastx.email"' in r.stdout
+    missing = subprocess.run(
+        [RELAY_AGENT, "--config", str(EXAMPLES / "config.toml"), "config", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    # without its key files the example is refused, naming the first one (78)
+    assert missing.returncode == 78 and "/etc/relay-agent/dkim/example.com.relay2025.pem" in missing.stderr

@@ -1,0 +1,19 @@
+"""`config check`: open every file the config names, as the daemon would, and say which it cannot use.
+
+The config itself (config.py) is pure; the files it names are checked here, each by the code
+the daemon uses for it: the DKIM keys are loaded, the TLS context is built with relay.ca_file,
+and relay.password_file is opened under the same ownership and permission rules.
+"""
+
+from __future__ import annotations
+
+from agent import credentials, relay_tls
+from agent.config import Config
+from agent.dkim_sign import Signer
+
+
+def check_files(cfg: Config) -> None:
+    """Raises ConfigError (exit 78) naming the first file that cannot be used."""
+    Signer(cfg)
+    relay_tls.check_ca_file(cfg.relay.ca_file)
+    credentials.check_password_file(cfg)
