@@ -1,6 +1,7 @@
 """Run every benchmark and write bench/results/latest.md: one markdown page with every figure.
 
-    .venv/bin/python bench/run_all.py [--quick] [--only sendmail,delivery,queue,dkim] [--out PATH]
+    .venv/bin/python bench/run_all.py [--quick] [--only sendmail,delivery,queue,dkim,memory,concurrent]
+        [--out PATH]
 
 `./dev bench` calls this. The peers are fetched first (bench/peers.sh fetch, root only); a peer
 that cannot run says why in its row. Each script also runs on its own (see their --help).
@@ -26,12 +27,16 @@ SCRIPTS = {
     "delivery": "bench_delivery.py",
     "queue": "bench_queue.py",
     "dkim": "bench_dkim.py",  # written by the DKIM engineer; included when present
+    "memory": "bench_memory.py",
+    "concurrent": "bench_concurrent.py",
 }
 TITLES = {
     "sendmail": "sendmail -t -i latency, relay-agent and peers (one run)",
     "delivery": "Delivery rate (TLS upstreams: bench/tls_sink.py, the aiosmtpd stand-in; not smtp-sink)",
     "queue": "Daemon with a big queue",
     "dkim": "DKIM signing",
+    "memory": "Daemon memory with 20-25 MB messages, each way in (relay up: bench/tls_sink.py; down)",
+    "concurrent": "8 concurrent sendmail -t -i x 250 beside Postfix (upstream: bench/tls_sink.py, TLS, AUTH)",
 }
 
 
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in wanted if n not in SCRIPTS]
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(unknown)}")
-    peers_note = fetch_peers() if "sendmail" in wanted else "not needed"
+    peers_note = fetch_peers() if {"sendmail", "concurrent"} & set(wanted) else "not needed"
     sections: dict[str, str] = {}
     results: dict[str, dict[str, Any] | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-all.") as d:
