@@ -162,22 +162,25 @@ def queue_delete(
     q = _queue(cfg)
     if bool(qid) + all_ + bool(sender) != 1:
         fail(AgentError("give exactly one of ID, --all or --sender ADDR"))
+    deleted = 0
     try:
-        if qid:
-            targets = [qid.upper()] if valid_id(qid.upper()) and q.exists(qid.upper()) else []
-        elif all_:
-            targets = queue_bulk.ids(q)  # no file needs reading
+        if all_:
+            deleted = queue_bulk.remove_all(q)  # no file needs reading
         else:
-            who = (sender or "").lower()
-            targets = [i for i, env, _, _ in queue_bulk.scan(q) if env.sender.lower() == who]
-        queue_bulk.remove(q, targets)
+            if qid:
+                targets = [qid.upper()] if valid_id(qid.upper()) and q.exists(qid.upper()) else []
+            else:
+                who = (sender or "").lower()
+                targets = [i for i, env, _, _ in queue_bulk.scan(q) if env.sender.lower() == who]
+            queue_bulk.remove(q, targets)
+            deleted = len(targets)
     except FileNotFoundError:
-        targets = []  # no queue yet
+        pass  # no queue yet
     except PermissionError as exc:
         fail(AgentError(f"cannot change the queue: {exc.strerror}: {exc.filename}"))
-    if qid and not targets:
+    if qid and not deleted:
         fail(AgentError(f"no message {qid} in the queue"))
-    typer.echo(f"deleted {len(targets)} message(s)")
+    typer.echo(f"deleted {deleted} message(s)")
 
 
 def _set_state(qid: str, config: str | None, new: str) -> None:

@@ -23,6 +23,7 @@ from agent.errors import NoSpaceError, TempError
 from agent.spool import Spooled, write_all
 
 SUBDIRS = ("tmp", "msg", "state", "corrupt")
+DELETED_PREFIX = "deleted."  # `queue delete --all` moves msg/ and state/ here, to be removed
 READ_CHUNK = 1 << 16
 
 
@@ -221,6 +222,10 @@ class Queue:
             except FileNotFoundError:
                 continue
             notes.append(f"tmp/{_shown(name)}: removed {_tmp_kind(name)} ({size} bytes), never acknowledged")
+        for name in os.listdir(self.path):
+            if name.startswith(DELETED_PREFIX):  # `queue delete --all` whose removal was cut short
+                _remove_tree(os.path.join(self.path, name))
+                notes.append(f"{_shown(name)}: removed what `queue delete --all` had deleted")
         msgs = set(os.listdir(self.msg))
         for name in os.listdir(self.statedir):
             if name.endswith(".tmp") or name not in msgs:

@@ -10,11 +10,14 @@ an open directory, a state file unlinked only where there is one, and msg/ fsync
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import time
 from collections.abc import Iterator
 
 from agent import envelope as fmt
 from agent import queue_state as qs
-from agent.queue import Entry, Queue
+from agent.queue import DELETED_PREFIX, Entry, Queue, fsync_dir
 
 HEX = "0123456789ABCDEF"
 HEAD_READ = 4096  # an envelope header fits, with room for many recipients; longer ones read on
@@ -84,6 +87,41 @@ def remove(queue: Queue, names: list[str]) -> None:
     finally:
         os.close(msg_fd)
         os.close(state_fd)
+
+
+def remove_all(queue: Queue) -> int:
+    """Every message at once: msg/ and state/ renamed into `deleted.<ns>/` and made anew (same
+    owner and mode, so a daemon running as another user goes on), then one fsync of the queue
+    directory; the count of queue files they held.
+
+    Freeing a file's blocks is the slow part of an unlink (most of it on a disk mounted with
+    `discard`), so the old tree is removed by a detached child after this returns; a tree
+    left by a killed child is removed by the daemon's recovery at its next start.
+    """
+    count = len(ids(queue))
+    aside = os.path.join(queue.path, f"{DELETED_PREFIX}{time.time_ns()}")
+    os.mkdir(aside, 0o700)
+    for sub in (queue.msg, queue.statedir):
+        st = os.stat(sub)
+        os.rename(sub, os.path.join(aside, os.path.basename(sub)))
+        os.mkdir(sub, 0o700)  # a commit renaming into it meanwhile fails: no 250, the client retries
+        os.chown(sub, st.st_uid, st.st_gid)
+        os.chmod(sub, stat.S_IMODE(st.st_mode))
+    fsync_dir(queue.path)
+    _remove_detached(aside)
+    return count
+
+
+def _remove_detached(path: str) -> None:
+    if os.fork() == 0:  # pragma: no cover - the child only removes files
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # let whoever reads our output (a pipe) see its end now
+                os.dup2(null, fd)
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os._exit(0)
 
 
 def _unlink_quiet(name: str, dir_fd: int) -> None:

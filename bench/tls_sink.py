@@ -60,6 +60,7 @@ class Sink(asyncio.Protocol):
             if self.in_data:
                 end = self.buf.find(b"\r\n.\r\n")
                 if end < 0:
+                    self.buf = self.buf[-4:]  # a sink keeps nothing: only what may start the end
                     break
                 self.buf = self.buf[end + 5 :]
                 self.in_data = False

@@ -69,6 +69,16 @@ def test_recover_removes_partial_tmp_files_and_says_what_they_were(q: Queue) -> 
     assert os.listdir(q.tmp) == [] and os.listdir(q.corrupt) == []
 
 
+def test_recover_removes_what_a_cut_short_delete_all_left(q: Queue) -> None:
+    aside = Path(q.path, "deleted.1700000000000000000")
+    (aside / "msg").mkdir(parents=True)
+    (aside / "msg" / "0000000000000ABC").write_bytes(envelope.encode(ENV, BODY))
+    qid = q.enter(ENV, BODY)
+    notes = q.recover()
+    assert not aside.exists() and q.exists(qid)
+    assert len(notes) == 1 and "queue delete --all" in notes[0]
+
+
 def test_truncated_file_is_refused(q: Queue) -> None:
     qid = q.enter(ENV, BODY)
     data = Path(q.msg_path(qid)).read_bytes()

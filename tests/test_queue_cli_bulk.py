@@ -84,6 +84,8 @@ def test_bulk_delete_with_the_daemon_running(tmp_path: Path, relay_standin: Rela
         res = env.cli("queue", "delete", "--all")
         assert res.returncode == 0 and res.stdout.strip() == "deleted 149 message(s)", res
         assert os.listdir(env.queue_dir / "msg") == []
+        # the old msg/ and state/ were moved aside whole; a detached child removes them
+        wait_until(lambda: not [n for n in os.listdir(env.queue_dir) if n.startswith("deleted.")], timeout=30)
         assert [n for n in os.listdir(env.queue_dir / "state") if not n.endswith(".tmp")] == []
         assert subprocess.run([MAILQ], env=env.env, capture_output=True, text=True).stdout == (
             "Mail queue is empty\n"
