@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, TypeVar
 
-from agent import headers, spool
+from agent import durable, headers, spool
 from agent.dkim_body import RelaxedBodyHash
 from agent.envelope import FormatError
 from agent.errors import MessageError
@@ -145,7 +145,7 @@ def spool_body(first: bytes, read: Read, crlf: Crlf, path: str) -> Body:
                 lines.feed(data)
                 hasher.update(data)
                 try:
-                    spool.write_all(fd, data)
+                    durable.write_all(fd, data)
                 except OSError as exc:
                     raise spool.spool_error(exc) from None
                 size += len(data)

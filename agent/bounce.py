@@ -58,24 +58,7 @@ def build(
     too_big = not headers_only and size > SIZE_LIMIT
     headers_only = headers_only or too_big
     boundary = f"{qid}.{binascii.hexlify(os.urandom(6)).decode()}/{hostname}"
-    names = "\r\n".join(f"<{f.address}>: {clean_line(f.reply)}" for f in failed)
     returned = _headers(original[:SIZE_LIMIT]) if headers_only else original
-    human = (
-        f"This is the mail system at host {hostname}.\r\n\r\n"
-        "I'm sorry to have to inform you that your message could not\r\n"
-        "be delivered to one or more recipients. "
-        + ("Its headers are attached below.\r\n" if headers_only else "It's attached below.\r\n")
-        + (_too_big_note(size) if too_big else "")
-        + f"\r\n{names}\r\n"
-    )
-    per_rcpt = "".join(
-        f"\r\nFinal-Recipient: rfc822; {f.address}\r\n"
-        f"Action: failed\r\n"
-        f"Status: {f.status or status_of(f.reply)}\r\n"
-        + (f"Remote-MTA: dns; {relay}\r\n" if f.remote and relay else "")
-        + f"Diagnostic-Code: smtp; {clean_line(f.reply)}\r\n"
-        for f in failed
-    )
     parts = [
         f"From: Mail Delivery System <{mailer_daemon}>",
         f"To: <{sender}>",
@@ -92,13 +75,12 @@ def build(
         "Content-Description: Notification",
         "Content-Type: text/plain; charset=us-ascii",
         "",
-        human,
+        _notice(hostname, failed, headers_only, size if too_big else None),
         f"--{boundary}",
         "Content-Description: Delivery report",
         "Content-Type: message/delivery-status",
         "",
-        f"Reporting-MTA: dns; {hostname}\r\nX-Relay-Agent-Queue-ID: {qid}\r\n"
-        f"Arrival-Date: {format_date(arrival)}\r\n" + per_rcpt,
+        _report(qid, hostname, relay, arrival, failed),
         f"--{boundary}",
         "Content-Description: Undelivered Message Headers"
         if headers_only
@@ -108,6 +90,35 @@ def build(
     ]
     text = "\r\n".join(parts).encode()
     return text + returned + f"\r\n--{boundary}--\r\n".encode()
+
+
+def _notice(hostname: str, failed: Sequence[FailedRecipient], headers_only: bool, too_big: int | None) -> str:
+    """The human-readable part; `too_big`: the size of an original returned as its headers only."""
+    names = "\r\n".join(f"<{f.address}>: {clean_line(f.reply)}" for f in failed)
+    return (
+        f"This is the mail system at host {hostname}.\r\n\r\n"
+        "I'm sorry to have to inform you that your message could not\r\n"
+        "be delivered to one or more recipients. "
+        + ("Its headers are attached below.\r\n" if headers_only else "It's attached below.\r\n")
+        + (_too_big_note(too_big) if too_big is not None else "")
+        + f"\r\n{names}\r\n"
+    )
+
+
+def _report(qid: str, hostname: str, relay: str, arrival: float, failed: Sequence[FailedRecipient]) -> str:
+    """The message/delivery-status part: per-message fields, then a block per recipient."""
+    per_rcpt = "".join(
+        f"\r\nFinal-Recipient: rfc822; {f.address}\r\n"
+        f"Action: failed\r\n"
+        f"Status: {f.status or status_of(f.reply)}\r\n"
+        + (f"Remote-MTA: dns; {relay}\r\n" if f.remote and relay else "")
+        + f"Diagnostic-Code: smtp; {clean_line(f.reply)}\r\n"
+        for f in failed
+    )
+    return (
+        f"Reporting-MTA: dns; {hostname}\r\nX-Relay-Agent-Queue-ID: {qid}\r\n"
+        f"Arrival-Date: {format_date(arrival)}\r\n" + per_rcpt
+    )
 
 
 def _headers(original: bytes) -> bytes:

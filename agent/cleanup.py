@@ -19,10 +19,11 @@ from agent.config import Config
 from agent.dkim_body import RelaxedBodyHash
 from agent.dkim_policy import unsigned_refusal
 from agent.dkim_sign import Draft, Signer, signed
+from agent.durable import write_all
 from agent.envelope import Envelope, has_bad_chars
 from agent.errors import MessageError, PolicyError, TooBigError
 from agent.queue import Queue, new_id
-from agent.spool import SMALL, SUFFIX, Spool, Spooled, create, unlink_quiet, write_all
+from agent.spool import SMALL, SUFFIX, Spool, Spooled, create, unlink_quiet
 
 # A big message whose body has lines over 998 octets is re-encoded whole in memory
 # (longlines works on the whole MIME tree); this lets only one such message be in memory at a

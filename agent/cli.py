@@ -214,25 +214,19 @@ def queue_release(qid: str, config: ConfigOpt = None) -> None:
 @app.command()
 def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Is the daemon running, what is queued, what has it done."""
-    from agent import control
-    from agent.queue_view import counts, relay_suspended
+    from agent import control, status_file
+    from agent.queue_view import counts
 
     cfg = load(config)
     running = control.running(cfg.listen.socket)
     c = counts(_items(cfg))
-    saved: dict[str, Any] = {}
-    try:
-        with open(os.path.join(cfg.queue.path, "status.json")) as fh:
-            saved = json.load(fh)
-    except (OSError, ValueError):
-        pass
-    counters = saved.get("counters", {})
+    saved = status_file.read(cfg.queue.path)
     data = {
         "running": running,
         "queue": {"queued": c["queued"] + c["hold"], "deferred": c["deferred"], "failed": c["failed"]},
-        "counters": {k: int(counters.get(k, 0)) for k in ("sent", "deferred", "bounced")},
+        "counters": status_file.counts(saved),
         "last_relay_error": saved.get("last_relay_error"),
-        "relay_suspended": relay_suspended(cfg.queue.path),
+        "relay_suspended": status_file.suspended(saved),
     }
     if as_json:
         typer.echo(json.dumps(data))
@@ -246,8 +240,8 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
         typer.echo(f"last relay error: {data['last_relay_error']}")
     if data["relay_suspended"]:
         typer.echo(f"{data['relay_suspended']}")
-    if saved.get("updated"):
-        typer.echo(f"status updated {int(time.time() - saved['updated'])}s ago")
+    if isinstance(updated := saved.get("updated"), (int, float)) and updated:
+        typer.echo(f"status updated {int(time.time() - updated)}s ago")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Literal
 
 from agent.relay_errors import RelayError
 
@@ -21,7 +22,7 @@ class Counters:
     relay_suspended: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def bump(self, outcome: str, n: int = 1) -> None:
+    def bump(self, outcome: Literal["queued", "sent", "deferred", "bounced"], n: int = 1) -> None:
         setattr(self, outcome, getattr(self, outcome) + n)
         self.changed.set()
 

@@ -1,6 +1,6 @@
 """The relay password: where it may come from, in a fixed order, and never into a log line.
 
-Order (INTERFACE.md): $CREDENTIALS_DIRECTORY/relay-password (systemd), relay.password_file,
+Order: $CREDENTIALS_DIRECTORY/relay-password (systemd), relay.password_file,
 $RELAY_AGENT_PASSWORD, the system keyring (service "relay-agent", user relay.username).
 An empty value counts as unset, so `SetCredential=relay-password:` can stand in for a missing
 `LoadCredential=` file. `keyring` is imported only when it is actually consulted: it is slow.

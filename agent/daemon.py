@@ -10,18 +10,16 @@ import asyncio
 import contextlib
 import functools
 import grp
-import json
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
 from agent import config as config_mod
-from agent import credentials, listen_guard, pickup, pickup_trigger, relay_tls
+from agent import credentials, dns_startup, listen_guard, pickup, pickup_trigger, relay_tls, status_file
 from agent.cleanup import Cleanup
 from agent.committer import Committer
 from agent.config import Config
@@ -30,7 +28,7 @@ from agent.disk_thread import DiskThread
 from agent.dkim_sign import Signer
 from agent.drop_socket import DropServer
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
-from agent.pickup_listener import PickupListener
+from agent.pickup_loop import PickupLoop
 from agent.pickup_round import Pickup
 from agent.queue import Queue
 from agent.scheduler import Scheduler
@@ -41,12 +39,6 @@ log = logging.getLogger("relay-agent")
 
 DRAIN_SECONDS = 8.0  # SIGTERM: exit 0 within systemd's 10 s, in-flight work finished or requeued
 LISTEN_BACKLOG = 128  # as asyncio's create_unix_server
-PICKUP_INTERVAL = 0.5  # maildrop poll without a trigger FIFO (no socket configured)
-PICKUP_INTERVAL_TRIGGERED = 5.0  # with one, sendmail pokes; the poll only catches writers that do not
-PICKUP_GATHER = 0.05  # after a poke; well inside the 100 ms between sends at the default rate
-PICKUP_GATHER_MAX = 0.25  # while pokes keep coming (a burst), gather at most this long
-STATUS_FILE = "status.json"
-STATUS_MIN_INTERVAL = 0.1  # at most ten status.json rewrites a second under load
 
 
 def setup_logging() -> None:
@@ -92,8 +84,6 @@ class Daemon:
         )
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event = asyncio.Event()
-        self.pickup_wake = asyncio.Event()
-        self.trigger: PickupListener | None = None
         self.drop: DropServer | None = None
         self.unix_paths: list[str] = []
 
@@ -116,6 +106,7 @@ class Daemon:
         # queued already goes (agent.pickup_round explains why that makes pickup exactly-once)
         self.pickup = Pickup(self.queue, self.cleanup, self.committer.commit, self.scheduler, self.disk)
         self.pickup.start(self.cfg.queue.maildrop)
+        self.pickup_loop = PickupLoop(self.pickup, lambda: self.cfg.queue.maildrop, self.stop_event)
         count = self.scheduler.load_index()
         await self._listen()
         log.info(
@@ -141,10 +132,10 @@ class Daemon:
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
             # before anyone can connect
-            self.trigger = PickupListener(pickup_trigger.fifo_path(lc.socket), self.pickup_wake.set)
+            self.pickup_loop.listen(pickup_trigger.fifo_path(lc.socket))
             self.servers.append(await loop.create_unix_server(make, sock=self._bind_unix(lc.socket)))
             # the drop socket's threads store a file, then wake pickup on this loop
-            wake = functools.partial(loop.call_soon_threadsafe, self.pickup_wake.set)
+            wake = functools.partial(loop.call_soon_threadsafe, self.pickup_loop.wake.set)
             drop = self._bind_unix(drop_path(lc.socket))
             self.drop = DropServer(drop, self.cleanup, wake, budget.drop, out_of_fds)
         if lc.smtp:
@@ -167,75 +158,11 @@ class Daemon:
         sock.listen(LISTEN_BACKLOG)
         return sock
 
-    def close_trigger(self) -> None:
-        if self.trigger is not None:
-            self.trigger.close()
-            self.trigger = None
-
     def _queued(self, qid: str) -> None:
         self.counters.bump("queued")
         self.scheduler.add(qid)
 
     # -- loops ----------------------------------------------------------------
-    async def pickup_loop(self) -> None:
-        while not self.stop_event.is_set():
-            if self.pickup_wake.is_set():
-                await self._gather()
-            self.pickup_wake.clear()
-            self._took_pokes()  # this scan covers every poke so far
-            await self.pickup.round(self.cfg.queue.maildrop)
-            if self.trigger is not None and self.trigger.round_done():
-                self.pickup_wake.set()
-            await self._pickup_pause()
-
-    async def _gather(self) -> None:
-        """After a poke, let the rest of a burst of sendmails land: they share a group
-        commit, and our work on them does not compete with the senders still running.
-        Gathering goes on while pokes keep coming, for at most PICKUP_GATHER_MAX."""
-        until = time.monotonic() + PICKUP_GATHER_MAX
-        while True:
-            await asyncio.sleep(PICKUP_GATHER)
-            if not self._took_pokes() or time.monotonic() >= until:
-                return
-
-    def _took_pokes(self) -> bool:
-        return self.trigger is not None and self.trigger.take()
-
-    async def _pickup_pause(self) -> None:
-        """Until a poke on the trigger, a stop, or the next poll (for writers that do not poke)."""
-        waits = [asyncio.ensure_future(e.wait()) for e in (self.pickup_wake, self.stop_event)]
-        poll = PICKUP_INTERVAL if self.trigger is None else PICKUP_INTERVAL_TRIGGERED
-        await asyncio.wait(waits, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
-
-    async def status_loop(self) -> None:
-        path = os.path.join(self.cfg.queue.path, STATUS_FILE)
-        while not self.stop_event.is_set():
-            self.counters.changed.clear()
-            await self.disk.run(self.write_status, path)
-            changed = asyncio.ensure_future(self.counters.changed.wait())
-            stopping = asyncio.ensure_future(self.stop_event.wait())
-            await asyncio.wait((changed, stopping), timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-            stopping.cancel()
-            await asyncio.sleep(STATUS_MIN_INTERVAL)
-
-    def write_status(self, path: str) -> None:
-        c = self.counters
-        data = {
-            "pid": os.getpid(),
-            "updated": time.time(),
-            "counters": {"queued": c.queued, "sent": c.sent, "deferred": c.deferred, "bounced": c.bounced},
-            "last_relay_error": c.last_relay_error,
-            "relay_suspended": c.relay_suspended,
-        }
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
-
     async def watchdog_loop(self) -> None:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if not usec:
@@ -264,7 +191,7 @@ class Daemon:
         self._cleanup = Cleanup(cfg, signer, self.queue)
         self.scheduler.reconfigure(cfg)
         refresh_digest(cfg)
-        self.pickup_wake.set()  # maildrop files the old limits left waiting get another look
+        self.pickup_loop.wake.set()  # maildrop files the old limits left waiting get another look
         log.info("reloaded config, keys, aliases and credentials")
 
     async def shutdown(self) -> None:
@@ -273,7 +200,7 @@ class Daemon:
             srv.close()
         if self.drop is not None:
             await asyncio.to_thread(self.drop.close)  # hand-overs in progress finish first
-        self.close_trigger()
+        self.pickup_loop.close()
         await self.scheduler.stop()
 
 
@@ -284,10 +211,11 @@ async def run(cfg: Config) -> int:
     loop.add_signal_handler(signal.SIGTERM, daemon.stop_event.set)
     loop.add_signal_handler(signal.SIGINT, daemon.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    status_path = status_file.path_in(cfg.queue.path)
     tasks = [
         asyncio.create_task(daemon.scheduler.run()),
-        asyncio.create_task(daemon.pickup_loop()),
-        asyncio.create_task(daemon.status_loop()),
+        asyncio.create_task(daemon.pickup_loop.run()),
+        asyncio.create_task(status_file.loop(status_path, daemon.counters, daemon.disk, daemon.stop_event)),
         asyncio.create_task(daemon.watchdog_loop()),
     ]
     tasks += _optional_tasks(daemon)
@@ -301,7 +229,7 @@ async def run(cfg: Config) -> int:
     await asyncio.gather(*pending, return_exceptions=True)
     daemon.committer.close()
     daemon.disk.close()
-    daemon.write_status(os.path.join(cfg.queue.path, STATUS_FILE))
+    status_file.write(status_path, daemon.counters)
     for path in daemon.unix_paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -315,38 +243,8 @@ def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
         from agent import metrics
 
         tasks.append(asyncio.create_task(metrics.serve(daemon.cfg.metrics.listen, daemon.counters)))
-    # A daemon thread, not the loop's executor: a slow resolver must not delay shutdown.
-    threading.Thread(target=_dns_warnings, args=(daemon.cfg,), daemon=True).start()
+    dns_startup.start(daemon.cfg.path)
     return tasks
-
-
-DNS_CHECK = (
-    "from agent import config, dnscheck\nfor line in dnscheck.startup_warnings(config.load()): print(line)"
-)
-
-
-def _dns_warnings(cfg: Config) -> None:
-    """The same checks as `dns check`, in the background: logged once, never blocking mail.
-
-    In a child process: dnspython and the Public Suffix List would otherwise stay in
-    the daemon's memory for good.
-    """
-    import subprocess
-
-    env = dict(os.environ)
-    if cfg.path:
-        env[config_mod.ENV_VAR] = cfg.path
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", DNS_CHECK], env=env, capture_output=True, text=True, timeout=120
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("dns: startup checks skipped: %s", exc)
-        return
-    for line in out.stdout.splitlines():
-        log.warning("dns: %s", line)
-    if out.returncode:
-        log.warning("dns: startup checks failed: %s", (out.stderr.strip().splitlines() or ["?"])[-1])
 
 
 def main(config_path: str | None) -> int:

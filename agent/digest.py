@@ -52,29 +52,20 @@ def write(cfg: "Config", st: "stat_result | None" = None) -> bool:
 
     Never an error: a missing digest only makes sendmail slower.
     """
-    import os  # the slow path: the TOML was parsed, os is loaded already
+    from agent import durable
 
     if not cfg.path:
         return False
     target = path_for(cfg.path)
-    tmp = f"{target}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         data = marshal.dumps(build(cfg, st))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        # 0644 whatever the umask: sendmail runs as any user. A name of its own: sendmail runs
+        # concurrently. No fsync: a cache, whose loss only slows sendmail (load ignores a torn one)
+        tmp = f"{target}.{posix.getpid()}.{posix.urandom(4).hex()}.tmp"
+        durable.write(target, data, mode=0o644, tmp=tmp, sync=False)
     except (OSError, ValueError):
         return False
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, 0o644)  # whatever the umask: sendmail runs as any user
-            fh.write(data)
-        os.rename(tmp, target)
-        return True
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return False
+    return True
 
 
 def load(config_path: str) -> dict[str, object] | None:

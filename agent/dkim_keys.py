@@ -14,6 +14,7 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from agent import durable
 from agent.errors import ConfigError
 
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -111,17 +112,14 @@ def write_private_key(key: PrivateKey, path: str) -> None:
     """Write the key mode 0600; never overwrite an existing file (a live key would be lost)."""
     pem = private_pem(key)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        key_file = durable.Writer(path, mode=0o600)  # O_EXCL, O_NOFOLLOW, 0600 whatever the umask
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite a key") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot create: {exc.strerror}") from None
     try:
-        os.fchmod(fd, 0o600)  # the umask could only narrow it, but be explicit
-        os.write(fd, pem)
-        os.fsync(fd)
+        key_file.write(pem)
+        key_file.sync()  # both remove the file when they fail
+        durable.fsync_dir(durable.dirname(path))
     except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
         raise ConfigError(f"{path}: cannot write: {exc.strerror}") from None
-    os.close(fd)

@@ -20,6 +20,8 @@ import marshal
 import posix
 import sys
 
+from agent import durable
+
 # the package first, then each module after the agent modules it imports
 SENDMAIL = (
     "agent",
@@ -32,7 +34,9 @@ SENDMAIL = (
     "agent.sendmail_args",
     "agent.pickup_trigger",
     "agent.envelope",
+    "agent.submission",
     "agent.sendmail",
+    "agent.durable",
     "agent.maildrop_write",
 )
 MAX_SIZE = 1 << 22  # a source, and the whole bundle the stub reads
@@ -108,26 +112,15 @@ def refresh(package_dir: str) -> bool:
     have_dir = _exists(directory)
     if not posix.access(directory if have_dir else package_dir, posix.W_OK):
         return False
-    tmp = f"{path}.{posix.getpid()}.tmp"
     try:
         data = build(package_dir)
         if not have_dir:
             posix.mkdir(directory, 0o755)
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644)
-        try:
-            posix.fchmod(fd, 0o644)  # whatever the umask: other users' sendmail reads it
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(fd, view) :]
-            posix.fsync(fd)  # a torn bundle after a crash would fail to load, not mislead
-        finally:
-            posix.close(fd)
-        posix.rename(tmp, path)
+        # 0644 whatever the umask: other users' sendmail reads it; fsynced, as a torn bundle
+        # after a crash would fail to load, not mislead; its directory is not: a lost bundle
+        # is only written again
+        durable.write(path, data, mode=0o644, tmp=f"{path}.{posix.getpid()}.tmp", sync_dir=False)
     except (OSError, SyntaxError, ValueError):
-        try:
-            posix.unlink(tmp)
-        except OSError:
-            pass
         return False
     return True
 

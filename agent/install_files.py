@@ -12,6 +12,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+from agent import durable
 from agent.errors import AgentError
 from agent.install_layout import CONFIG, STUB_DIR, SYSUSERS, TMPFILES, UNIT, UNIT_EXEC, in_root
 from agent.install_steps import Step, noop
@@ -33,11 +34,7 @@ def render_unit(text: str, venv_bin: str) -> str:
 
 def write_file(path: str, text: str, mode: int) -> None:
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.relay-agent-tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    durable.write(path, text.encode("utf-8"), mode=mode, tmp=f"{path}.relay-agent-tmp")
 
 
 def file_steps(root: str, venv_bin: str) -> list[Step]:

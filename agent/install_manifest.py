@@ -7,6 +7,7 @@ import os
 import shutil
 from functools import partial
 
+from agent import durable
 from agent.install_layout import MANIFEST, in_root
 from agent.install_steps import Step
 
@@ -14,10 +15,7 @@ from agent.install_steps import Step
 def append_manifest(root: str, line: str) -> None:
     path = in_root(root, MANIFEST)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    durable.append(path, (line + "\n").encode("utf-8"), mode=0o644)
 
 
 def read_manifest(root: str) -> list[list[str]]:

@@ -1,4 +1,4 @@
-"""Drop a message into the maildrop (agent.sendmail.deliver says when).
+"""Drop a message into the maildrop (agent.submission.deliver says when).
 
 Same discipline as the queue: write a dot-file (the daemon ignores those),
 fsync, rename to a random name, fsync the directory; only then is the caller
@@ -9,6 +9,7 @@ are random and files are created with O_EXCL|O_NOFOLLOW.
 import posix  # not os: see config_path
 import time
 
+from agent import durable
 from agent.errors import NoSpaceError, TempError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms on sendmail's path
@@ -109,74 +110,32 @@ class Pending:
         check_space(maildrop, min_free)
         self.maildrop = maildrop
         self.name = posix.urandom(16).hex()
-        self.tmp = f"{maildrop}/.t{self.name}"
         try:
-            self.fd = posix.open(
-                self.tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o644
-            )
+            # 0644 whatever our umask: the daemon (another user) must read it
+            self.file = durable.Writer(f"{maildrop}/.t{self.name}", mode=0o644)
         except OSError as exc:
             raise TempError(f"cannot write to maildrop {maildrop}: {exc.strerror}") from None
-        try:
-            posix.fchmod(self.fd, 0o644)  # the daemon (another user) must read it whatever our umask
-        except OSError as exc:
-            self._fail(exc)
 
     def write(self, data: "bytes | memoryview") -> None:
-        view = memoryview(data)
         try:
-            while view:
-                view = view[posix.write(self.fd, view) :]
+            self.file.write(data)
         except OSError as exc:
             self._fail(exc)
 
     def commit(self) -> "tuple[str, posix.stat_result]":
-        """fsync, rename to the file's random name, fsync the directory: its name and stat."""
+        """fsync, rename to the file's random name, fsync the directory (sync(2) for users who
+        may not open it): its name and stat."""
         try:
-            posix.fsync(self.fd)
-            st = posix.fstat(self.fd)
-            self._close()
-            posix.rename(self.tmp, f"{self.maildrop}/{self.name}")
-            _fsync_dir(self.maildrop)
+            st = self.file.commit(f"{self.maildrop}/{self.name}", or_sync=True)
         except OSError as exc:
             self._fail(exc)
         return self.name, st
 
     def abort(self) -> None:
-        self._close()
-        _unlink_quietly(self.tmp)
-
-    def _close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            posix.close(fd)
+        self.file.abort()
 
     def _fail(self, exc: OSError) -> "NoReturn":
-        try:
-            self._close()
-        except OSError:
-            pass
-        _unlink_quietly(self.tmp)
+        self.file.discard()  # the file is gone whatever failed
         if exc.errno == 28:  # ENOSPC
             raise NoSpaceError("queue file system is full") from None
         raise TempError(f"cannot write to maildrop {self.maildrop}: {exc.strerror}") from None
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_DIRECTORY)
-    except OSError:
-        # a 1733 maildrop is not readable by other users, so they cannot open it to
-        # fsync the rename; sync(2) is slower but still makes the rename durable
-        posix.sync()
-        return
-    try:
-        posix.fsync(fd)
-    finally:
-        posix.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        posix.unlink(path)
-    except OSError:
-        pass

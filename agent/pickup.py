@@ -10,6 +10,7 @@ daemon keeps running.
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import hmac
@@ -29,8 +30,15 @@ from agent.spool import SMALL
 
 log = logging.getLogger("relay-agent")
 
-RETRY = "retry"  # pick_one: the queue could not take it now; the file stays
 STALE_TMP = 3600.0  # a sendmail that has not renamed its temp file in an hour died
+
+
+class Skipped(enum.Enum):
+    """Why a maildrop file was not queued (prepare_one, after_commit)."""
+
+    RETRY = enum.auto()  # the queue cannot take it now (full, unwritable, shutting down): the file stays
+    GONE = enum.auto()  # its owner removed it before we read it
+    REFUSED = enum.auto()  # quarantined or removed (or, when neither could be done, left in place)
 
 
 class Unsafe(fmt.FormatError):
@@ -166,10 +174,9 @@ class Picked(NamedTuple):
     size: int
 
 
-def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> Picked | str | None:
-    """Read one maildrop file and run cleanup on it; returns it Picked, RETRY (try again
-    later: the queue is full) or None (gone or refused). Never raises: one user's file
-    must not stop pickup for everyone."""
+def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) -> Picked | Skipped:
+    """Read one maildrop file and run cleanup on it; returns it Picked, or why not. Never
+    raises: one user's file must not stop pickup for everyone."""
     path = os.path.join(maildrop, name)
     try:
         fd, st = open_untrusted(path, cleanup.cfg.limits.max_message_size)
@@ -192,7 +199,7 @@ def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) ->
         finally:
             os.close(fd)
     except FileNotFoundError:
-        return None
+        return Skipped.GONE
     except Exception as exc:
         return _refused(path, name, corrupt_dir, exc)
     return Picked(name, prepared, prepared.envelope.uid, env.sender, len(env.recipients), size)
@@ -226,8 +233,10 @@ def submitter(st: os.stat_result, env: fmt.Envelope) -> int:
     return env.uid if st.st_uid == os.geteuid() else st.st_uid
 
 
-def after_commit(maildrop: str, corrupt_dir: str, picked: Picked, result: str | BaseException) -> str | None:
-    """Remove the file once its message is in the queue (RETRY / None as prepare_one)."""
+def after_commit(
+    maildrop: str, corrupt_dir: str, picked: Picked, result: str | BaseException
+) -> str | Skipped:
+    """Remove the file once its message is in the queue (its queue id `result`); else why not."""
     path = os.path.join(maildrop, picked.name)
     if isinstance(result, BaseException):
         return _refused(path, picked.name, corrupt_dir, result)
@@ -249,11 +258,11 @@ def after_commit(maildrop: str, corrupt_dir: str, picked: Picked, result: str | 
     return result
 
 
-def _refused(path: str, name: str, corrupt_dir: str, exc: BaseException) -> str | None:
+def _refused(path: str, name: str, corrupt_dir: str, exc: BaseException) -> Skipped:
     if isinstance(exc, TempError):
         # queue full or unwritable: the file is fine, it waits in the maildrop for the next round
         log.warning("maildrop file %s left for later: %s", shown(name), exc.message)
-        return RETRY
+        return Skipped.RETRY
     if isinstance(exc, Unsafe):
         refuse(path, name, str(exc))
     elif isinstance(exc, (OSError, fmt.FormatError, AgentError)):
@@ -262,8 +271,8 @@ def _refused(path: str, name: str, corrupt_dir: str, exc: BaseException) -> str 
         log.error("maildrop file %s: unexpected error", shown(name), exc_info=exc)
         quarantine(path, name, corrupt_dir, f"unexpected error: {type(exc).__name__}")
     else:
-        return RETRY  # cancelled (shutdown): the file stays for the next start
-    return None
+        return Skipped.RETRY  # cancelled (shutdown): the file stays for the next start
+    return Skipped.REFUSED
 
 
 def quarantine(path: str, name: str, corrupt_dir: str, reason: str) -> None:

@@ -1,13 +1,12 @@
 """The daemon's end of the pickup FIFO: woken once per pickup round, not once per poke.
 
-Waking a sleeping reader costs the writer ~0.4 ms on this 2-core VM (measured: a plain
-`select` loop on the FIFO made every poking process that much slower), and a sendmail
-pokes as the last thing it does. So the first poke of a round wakes us and we stop
-listening; the sendmails of the burst that follows write into the FIFO and nobody
-wakes. When the round is over, pokes waiting in the FIFO mean another round (their
-files may have been renamed after our scan began), and only an empty FIFO makes us
-listen again. asyncio's readers are level-triggered, so a poke that lands between the
-last read and listening again still wakes us.
+Waking a sleeping reader costs the writer time (measured: a plain `select` loop on the
+FIFO made every poking process slower), and a sendmail pokes as the last thing it does.
+So the first poke of a round wakes us and we stop listening; the sendmails of the burst
+that follows write into the FIFO and nobody wakes. When the round is over, pokes waiting
+in the FIFO mean another round (their files may have been renamed after our scan began),
+and only an empty FIFO makes us listen again. asyncio's readers are level-triggered, so a
+poke that lands between the last read and listening again still wakes us.
 """
 
 from __future__ import annotations

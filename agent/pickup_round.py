@@ -38,7 +38,8 @@ from typing import NamedTuple
 from agent import pickup
 from agent.cleanup import Cleanup, Prepared
 from agent.disk_thread import DiskThread
-from agent.queue import Queue, fsync_dir
+from agent.durable import fsync_dir
+from agent.queue import Queue
 from agent.scheduler import Scheduler
 
 log = logging.getLogger("relay-agent")
@@ -161,9 +162,9 @@ class Pickup:
         picked: list[pickup.Picked] = []
         for name in names:
             got = await self.disk.run(pickup.prepare_one, maildrop, name, self.cleanup(), self.queue.corrupt)
-            if got == pickup.RETRY:
+            if got is pickup.Skipped.RETRY:
                 break  # the queue is full now: the rest waits for the next round
-            if not isinstance(got, pickup.Picked):
+            if isinstance(got, pickup.Skipped):
                 self._skip_if_kept(maildrop, name)
                 continue
             picked.append(got)
@@ -182,8 +183,8 @@ class Pickup:
         full = False
         for p, result in zip(picked, results, strict=True):
             done = await self.disk.run(pickup.after_commit, maildrop, self.queue.corrupt, p, result)
-            full = full or done == pickup.RETRY
-            if done is None:
+            full = full or done is pickup.Skipped.RETRY
+            if done is pickup.Skipped.REFUSED:
                 self._skip_if_kept(maildrop, p.name)
         ids = {p.prepared.qid for p in picked}
         mine = {qid: name for qid, name in self.held.items() if qid in ids}

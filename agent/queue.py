@@ -17,10 +17,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from agent import durable
 from agent import envelope as fmt
 from agent import queue_state as qs
 from agent.errors import NoSpaceError, TempError
-from agent.spool import Spooled, write_all
+from agent.spool import Spooled
 
 SUBDIRS = ("tmp", "msg", "state", "corrupt")
 DELETED_PREFIX = "deleted."  # `queue delete --all` moves msg/ and state/ here, to be removed
@@ -37,39 +38,21 @@ def valid_id(qid: str) -> bool:
     return len(qid) == 16 and all(c in "0123456789ABCDEF" for c in qid)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_new(path: str, data: bytes, mode: int = 0o600) -> int:
-    """Create `path` exclusively and write `data`; returns the open fd, not yet fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        _discard(fd, path)
-        raise
-    return fd
-
-
-def write_message(path: str, env: fmt.Envelope, message: bytes | Spooled) -> int:
-    """write_new() of a queue file; a Spooled body is appended from its file, not read into memory."""
+def write_message(path: str, env: fmt.Envelope, message: bytes | Spooled) -> durable.Writer:
+    """A queue file at `path`, written, not yet fsynced; a Spooled body is appended from its file,
+    not read into memory."""
+    writer = durable.Writer(path)
     if isinstance(message, bytes):
-        return write_new(path, fmt.encode(env, message))
-    fd = write_new(path, fmt.encode_header(env, message.size) + message.head)
+        writer.write(fmt.encode(env, message))  # removes the file if it fails
+        return writer
     try:
-        append_file(fd, message.body.path, message.body.size)
-        write_all(fd, fmt.END)
+        writer.write(fmt.encode_header(env, message.size) + message.head)
+        append_file(writer.fd, message.body.path, message.body.size)
+        writer.write(fmt.END)
     except BaseException:
-        _discard(fd, path)
+        writer.abort()
         raise
-    return fd
+    return writer
 
 
 def append_file(fd: int, src_path: str, size: int) -> None:
@@ -93,30 +76,10 @@ def append_file(fd: int, src_path: str, size: int) -> None:
             chunk = os.read(src, min(left, READ_CHUNK))
             if not chunk:
                 raise OSError(errno.EIO, f"spool file {os.path.basename(src_path)} ended early")
-            write_all(fd, chunk)
+            durable.write_all(fd, chunk)
             left -= len(chunk)
     finally:
         os.close(src)
-
-
-def sync_close(fd: int, path: str) -> None:
-    """fsync and close a file from write_new; on failure it is removed again."""
-    try:
-        os.fsync(fd)
-    except BaseException:
-        _discard(fd, path)
-        raise
-    os.close(fd)
-
-
-def _discard(fd: int, path: str) -> None:
-    os.close(fd)
-    os.unlink(path)
-
-
-def write_durably(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Create `path` exclusively, write, fsync. Raises FileExistsError if present."""
-    sync_close(write_new(path, data, mode), path)
 
 
 def _tmp_kind(name: str) -> str:
@@ -198,7 +161,7 @@ class Queue:
         except FileNotFoundError:
             secret = os.urandom(32)
             try:
-                write_durably(path, secret)
+                durable.write(path, secret, exclusive=True)
             except FileExistsError:
                 return self.key()
             return secret
@@ -267,7 +230,7 @@ class Queue:
         message's body is copied from its spool file by the kernel (the caller removes it).
         """
         results: list[str | TempError] = []
-        written: list[tuple[int, int, str]] = []  # (index, fd, qid)
+        written: list[tuple[int, durable.Writer, str]] = []  # (index, file, qid)
         for i, (env, message, qid) in enumerate(items):
             results.append(qid)
             if os.path.exists(self.msg_path(qid)):
@@ -277,16 +240,15 @@ class Queue:
             except OSError as exc:
                 results[i] = _write_error(exc)
         renamed = []
-        for i, fd, qid in written:
+        for i, writer, qid in written:
             try:
-                sync_close(fd, os.path.join(self.tmp, qid))
-                os.rename(os.path.join(self.tmp, qid), self.msg_path(qid))
+                writer.commit(self.msg_path(qid), sync_dir=False)  # msg/ once for the batch, below
                 renamed.append(i)
             except OSError as exc:
                 results[i] = _write_error(exc)
         if renamed:
             try:
-                fsync_dir(self.msg)
+                durable.fsync_dir(self.msg)
             except OSError as exc:
                 for i in renamed:
                     results[i] = _write_error(exc)
@@ -344,18 +306,14 @@ class Queue:
     # -- changing -------------------------------------------------------------
     def write_state(self, qid: str, st: qs.State) -> None:
         """Atomically replace the state file: one fsync per recorded transaction."""
-        tmp = self.state_path(qid) + ".tmp"
-        self._unlink_quiet(tmp)
-        write_durably(tmp, qs.encode_state(st))
-        os.rename(tmp, self.state_path(qid))
-        fsync_dir(self.statedir)
+        durable.write(self.state_path(qid), qs.encode_state(st))  # via ID.tmp, which recovery drops
 
     def remove(self, qid: str, sync: bool = True) -> None:
         """Forget a finished message: msg first, so a crash leaves at most an orphan state."""
         self._unlink_quiet(self.msg_path(qid))
         self._unlink_quiet(self.state_path(qid))
         if sync:
-            fsync_dir(self.msg)
+            durable.fsync_dir(self.msg)
 
     def exists(self, qid: str) -> bool:
         return os.path.exists(self.msg_path(qid))

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 from agent import envelope as fmt
 from agent import queue_state as qs
-from agent.queue import DELETED_PREFIX, Entry, Queue, fsync_dir
+from agent.durable import fsync_dir
+from agent.queue import DELETED_PREFIX, Entry, Queue
 
 HEX = "0123456789ABCDEF"
 HEAD_READ = 4096  # an envelope header fits, with room for many recipients; longer ones read on
@@ -82,11 +83,11 @@ def remove(queue: Queue, names: list[str]) -> None:
             _unlink_quiet(qid, msg_fd)
             if qid in with_state:
                 _unlink_quiet(qid, state_fd)
-        if names:
-            os.fsync(msg_fd)
     finally:
         os.close(msg_fd)
         os.close(state_fd)
+    if names:
+        fsync_dir(queue.msg)
 
 
 def remove_all(queue: Queue) -> int:

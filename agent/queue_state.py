@@ -61,6 +61,17 @@ class State:
     def __repr__(self) -> str:
         return f"State{self._key()!r}"
 
+    def copy(self) -> "State":
+        return State(
+            self.state,
+            self.attempts,
+            self.next_attempt,
+            self.last_error,
+            self.failed_at,
+            dict(self.rcpt),
+            list(self.bounce_due),
+        )
+
     def rcpt_state(self, index: int) -> str:
         return self.rcpt.get(index, (PENDING, ""))[0]
 

@@ -4,7 +4,6 @@ directories and the maildrop, formatted as Postfix's mailq or as JSON."""
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -14,8 +13,7 @@ from agent import envelope as fmt
 from agent import queue_bulk
 from agent import queue_state as qs
 from agent.queue import Entry, Queue
-
-STATUS_FILE = "status.json"  # the daemon's (daemon.STATUS_FILE), in the queue directory
+from agent.status_file import relay_suspended
 
 
 def iso8601(ts: float) -> str:
@@ -54,26 +52,6 @@ def item(e: Entry, suspended: str | None = None) -> dict[str, Any]:
         "last_error": st.last_error or waiting or None,
         "recipients": rcpts,
     }
-
-
-def relay_suspended(queue_path: str) -> str | None:
-    """The daemon's reason for holding back delivery (the relay is unreachable), from its
-    status.json; None when it delivers, or when the daemon that wrote the file is gone."""
-    try:
-        with open(os.path.join(queue_path, STATUS_FILE), "rb") as fh:
-            saved = json.load(fh)
-        reason, pid = saved.get("relay_suspended"), saved.get("pid")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(reason, str) or not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # stopped or killed: nobody is holding anything back
-    except PermissionError:
-        pass  # alive, another user's
-    return reason
 
 
 def maildrop_items(path: str) -> Iterator[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """One connection to the smarthost and the transactions sent over it, with a result per recipient.
 
-Contract (INTERFACE.md): only a 5xx reply to MAIL, RCPT or the final "." is permanent. Everything
+The rule: only a 5xx reply to MAIL, RCPT or the final "." is permanent. Everything
 that goes wrong with the connection itself (connect, TLS, EHLO, AUTH incl. 535, 421, timeouts, a
 dropped link) raises RelayError, and the caller treats every recipient without a result as
 temporary. TLS is always verified; credentials are never sent before TLS.

@@ -1,6 +1,6 @@
 """What a relay transaction yields for each recipient, from the relay's replies (pure).
 
-Contract (INTERFACE.md): only a 5xx reply to MAIL, RCPT or the final "." is permanent.
+The rule: only a 5xx reply to MAIL, RCPT or the final "." is permanent; any other refusal is temporary.
 """
 
 from __future__ import annotations

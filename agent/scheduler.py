@@ -1,6 +1,7 @@
 """The delivery scheduler: a due-heap of (next_attempt, id), a bounded set of
-connection workers, the rate limiter acquired right before MAIL FROM, and the
-state moves after each transaction (one fsync per recorded transaction).
+connection workers (each owns its relay connection), the rate limiter acquired right
+before MAIL FROM, and the verdicts of agent.delivery_outcome applied before and after
+each transaction (one fsync per recorded transaction).
 """
 
 from __future__ import annotations
@@ -8,26 +9,30 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from agent import backoff, bounce, pacer
+from agent import bounce, delivery_outcome, pacer
 from agent import envelope as fmt
 from agent import queue_state as qs
 from agent.cleanup import Cleanup, Prepared
 from agent.config import Config
 from agent.counters import Counters
+from agent.delivery_outcome import Disposition, Entry, Triage, Verdict, expiry_reply, triage
 from agent.disk_thread import DiskThread
 from agent.errors import AgentError, TempError
 from agent.message_source import MessageSource, open_queued
 from agent.queue import Queue
-from agent.relay import RcptResult, RelayConnection, RelayError, TxResult
+from agent.relay import RcptResult, RelayConnection, RelayError
+from agent.worker_connection import WorkerConnection
 
 log = logging.getLogger("relay-agent")
 
 CONNECT_BACKOFF_MAX = 30.0
 DRAIN_SECONDS = 6.0  # within the daemon's 8 s, within systemd's 10 s
 ID_MASK = (1 << 64) - 1
+DEFAULT_DSN = {Verdict.SENT: "2.0.0", Verdict.DEFERRED: "4.0.0", Verdict.FAILED: "5.0.0"}
 
 
 class Scheduler:
@@ -73,20 +78,18 @@ class Scheduler:
         for qid in self.queue.ids():
             if int(qid, 16) in self.known or qid in self.inflight:
                 continue
-            due = 0.0
-            if qid in with_state:
-                try:
-                    st = self.queue.read_state(qid)
-                except (OSError, fmt.FormatError):
-                    st = qs.State()
-                if st.state == "hold":
-                    continue
-                due = st.failed_at + self.cfg.queue.failed_keep if st.state == "failed" else st.next_attempt
-                if st.bounce_due:
-                    due = 0.0  # a bounce the queue could not take before the restart
-            self.add(qid, due)
-            count += 1
+            due = self._due_on_disk(qid) if qid in with_state else 0.0
+            if due is not None:  # None: held
+                self.add(qid, due)
+                count += 1
         return count
+
+    def _due_on_disk(self, qid: str) -> float | None:
+        try:
+            state = self.queue.read_state(qid)
+        except (OSError, fmt.FormatError):
+            state = qs.State()
+        return delivery_outcome.index_due(state, self.cfg.queue)
 
     def add(self, qid: str, due: float = 0.0) -> None:
         key = int(qid, 16)
@@ -175,14 +178,14 @@ class Scheduler:
         self.wake.set()
 
     async def _worker(self, n: int) -> None:
-        conn: RelayConnection | None = None
+        link = WorkerConnection(lambda: RelayConnection(self.cfg.relay, self.password(), self.cfg.helo_name))
         try:
             while not self.stopping:
                 qid = await self.work.get()
                 self.busy += 1
                 try:
                     if not self.stopping:
-                        conn = await self._deliver(qid, conn)
+                        await self._deliver(qid, link)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -192,8 +195,7 @@ class Scheduler:
                     self.busy -= 1
                     self.inflight.discard(qid)
         finally:
-            if conn is not None:
-                await asyncio.shield(conn.close())
+            await asyncio.shield(link.close())
 
     def _requeue(self, qid: str, due: float) -> None:
         """Schedule a message we are done with for now (called from its worker)."""
@@ -201,179 +203,122 @@ class Scheduler:
         if not self.stopping or due == 0.0:
             self.add(qid, due)
 
-    async def _connection(self, conn: RelayConnection | None) -> RelayConnection:
-        if conn is not None and conn.usable:
-            return conn
-        if conn is not None:
-            await conn.close()
-        new = RelayConnection(self.cfg.relay, self.password(), self.cfg.helo_name)
-        await new.connect()
-        return new
-
     # -- one message ------------------------------------------------------------
-    async def _deliver(self, qid: str, conn: RelayConnection | None) -> RelayConnection | None:
+    async def _deliver(self, qid: str, link: WorkerConnection) -> None:
         if time.time() < self.connect_backoff:
             # the relay just failed to connect: do not even open the file (expiry waits too,
             # since a bounce needs the relay as much as the message does)
             self._requeue(qid, self.connect_backoff)
-            return conn
+            return
         try:
             # a small message is one read: cheaper on the loop than a thread hop
             env, source = open_queued(self.queue.msg_path(qid))
         except FileNotFoundError:
-            return conn  # deleted by `queue delete` meanwhile
+            return  # deleted by `queue delete` meanwhile
         except fmt.FormatError as exc:
             log.error("%s", self.queue.quarantine(qid, str(exc)))
-            return conn
+            return
         with source:
             if not source.scanned:  # a big one is read through once, off the loop (8BITMIME?)
                 await self.disk.run(source.scan)
-            return await self._attempt(qid, env, source, self.queue.read_state(qid), conn)
+            await self._attempt(qid, env, source, self.queue.read_state(qid), link)
 
     async def _attempt(
-        self, qid: str, env: fmt.Envelope, source: MessageSource, st: qs.State, conn: RelayConnection | None
-    ) -> RelayConnection | None:
+        self, qid: str, env: fmt.Envelope, source: MessageSource, state: qs.State, link: WorkerConnection
+    ) -> None:
         now = time.time()
-        if st.bounce_due and not await self._send_bounce(qid, env, source, st):
-            self._requeue(qid, now + self.cfg.queue.retry_initial)
-            return conn
-        if st.state == "hold":
-            return conn
-        if st.state == "failed":
-            if backoff.failed_gone(st.failed_at, now, self.cfg.queue.failed_keep):
-                await self.disk.run(self.queue.remove, qid)
-                log.info("%s: removed (failed, kept %ds)", qid, self.cfg.queue.failed_keep)
-            else:
-                self._requeue(qid, st.failed_at + self.cfg.queue.failed_keep)
-            return conn
-        pending = st.pending(len(env.recipients))
-        if not pending:
+        keep = self.cfg.queue.failed_keep
+        verdict = triage(state, env, now, self.cfg.queue)
+        if verdict is Triage.BOUNCE_OWED:
+            if not await self._send_bounce(qid, env, source, state):
+                self._requeue(qid, now + self.cfg.queue.retry_initial)
+                return
+            verdict = triage(state, env, now, self.cfg.queue)  # the bounce is off the state now
+        if verdict is Triage.SEND:
+            await self._send(qid, env, source, state, link)
+        elif verdict is Triage.EXPIRED:
+            results = delivery_outcome.for_pending(state, env, "perm", expiry_reply(state, env, now))
+            await self._record(qid, env, source, state, results, "")
+        elif verdict is Triage.FAILED_KEPT:
+            self._requeue(qid, state.failed_at + keep)
+        elif verdict in (Triage.FAILED_GONE, Triage.NOTHING_PENDING):
             await self.disk.run(self.queue.remove, qid)
-            return conn
-        if backoff.expired(env.created, now, self.cfg.queue.max_age):
-            age = int(now - env.created)
-            reason = f"message expired after {age}s in the queue ({st.last_error or 'no reply'})"
-            results = [RcptResult(env.recipients[i], "perm", "554 5.4.7 " + reason) for i in pending]
-            await self._record(qid, env, source, st, pending, results, "", now)
-            return conn
+            if verdict is Triage.FAILED_GONE:
+                log.info("%s: removed (failed, kept %ds)", qid, keep)
+        # Triage.HELD: left alone until `queue release` schedules it again
+
+    async def _send(
+        self, qid: str, env: fmt.Envelope, source: MessageSource, state: qs.State, link: WorkerConnection
+    ) -> None:
+        recipients = [env.recipients[i] for i in state.pending(len(env.recipients))]
         try:
-            conn, tx = await self._transaction(conn, env, pending, source)
+            tx = await link.send(env, recipients, source, self.limiter.acquire)
         except RelayError as exc:
             self.connect_backoff = time.time() + min(CONNECT_BACKOFF_MAX, self.cfg.queue.retry_initial)
             self.counters.relay_error(str(exc))
             self.counters.suspend(exc)
-            results = [RcptResult(env.recipients[i], "temp", str(exc)) for i in pending]
-            await self._record(qid, env, source, st, pending, results, exc.relay, now)
-            return conn
+            results = delivery_outcome.for_pending(state, env, "temp", str(exc))
+            await self._record(qid, env, source, state, results, exc.relay)
+            return
         self.connect_backoff = 0.0
         self.counters.resume()
-        await self._record(qid, env, source, st, pending, list(tx.results), tx.relay, now)
-        return conn
-
-    async def _transaction(
-        self, conn: RelayConnection | None, env: fmt.Envelope, pending: list[int], source: MessageSource
-    ) -> tuple[RelayConnection, TxResult]:
-        conn = await self._connection(conn)
-        args = (env.sender, [env.recipients[i] for i in pending], source, dict(env.dsn))
-        try:
-            return conn, await conn.send(*args, before_mail=self.limiter.acquire)
-        except RelayError as exc:
-            if exc.stage != "reuse":
-                raise
-        # the relay closed our idle connection before anything was sent: reconnect once
-        conn = await self._connection(conn)
-        return conn, await conn.send(*args, before_mail=self.limiter.acquire)
+        await self._record(qid, env, source, state, tx.results, tx.relay)
 
     async def _record(
         self,
         qid: str,
         env: fmt.Envelope,
         source: MessageSource,
-        st: qs.State,
-        pending: list[int],
-        results: list[RcptResult],
+        state: qs.State,
+        results: Sequence[RcptResult],
         relay: str,
-        started: float,
     ) -> None:
+        """Apply a transaction's outcome: log, count, write the state (or remove), bounce, requeue."""
         now = time.time()
-        newly_failed: list[bounce.FailedRecipient] = []
-        temp_errors = []
-        # the relay reports refused recipients before accepted ones: match by address
-        by_address = {r.address: r for r in results}
-        for i in pending:
-            res = by_address[env.recipients[i]]
-            self._log(qid, res, relay, now - env.created, started)
-            if res.outcome == "sent":
-                st.rcpt[i] = (qs.SENT, "")
-            elif res.outcome == "perm":
-                st.rcpt[i] = (qs.FAILED, res.reply)
-                newly_failed.append(bounce.FailedRecipient(res.address, res.reply, remote=bool(relay)))
-            else:
-                st.rcpt[i] = (qs.PENDING, res.reply)  # still pending, with the reason why
-                temp_errors.append(res.reply)
-        if newly_failed:
-            self.counters.bump("bounced")
-            if self._wants_bounce(qid, env):
-                # recorded with the failure, so a full queue or a crash cannot lose the bounce
-                st.bounce_due += [env.recipients.index(f.address) for f in newly_failed]
-        still = st.pending(len(env.recipients))
-        any_failed = any(st.rcpt_state(i) == qs.FAILED for i in range(len(env.recipients)))
-        due = now
-        if not still:
-            if not any_failed:
-                await self.disk.run(self.queue.remove, qid, False)  # two unlinks, no fsync
-            else:
-                st.state, st.failed_at = "failed", now
-                st.last_error = newly_failed[-1].reply if newly_failed else st.last_error
-                await self.disk.run(self.queue.write_state, qid, st)
-                due = now + self.cfg.queue.failed_keep
+        out = delivery_outcome.outcome(state, env, results, now, self.cfg.queue, random.uniform(-1.0, 1.0))
+        for entry in out.entries:
+            self._log(qid, entry, relay, now - env.created)
+        if out.no_bounce is not None:
+            log.info("%s: not bouncing: %s", qid, out.no_bounce.value)
+        if out.disposition is Disposition.REMOVE:
+            await self.disk.run(self.queue.remove, qid, False)  # two unlinks, no fsync
         else:
-            st.attempts += 1
-            st.state = "deferred"
-            st.last_error = temp_errors[-1] if temp_errors else st.last_error
-            delay = backoff.next_delay(st.attempts, self.cfg.queue.retry_initial, self.cfg.queue.retry_max)
-            # never wait past the expiry time: the message bounces then
-            st.next_attempt = due = min(now + delay, env.created + self.cfg.queue.max_age)
-            await self.disk.run(self.queue.write_state, qid, st)
-            self.counters.bump("deferred")
-        sent_now = sum(1 for r in results if r.outcome == "sent")
-        if sent_now:
-            self.counters.bump("sent")
-        if still or any_failed:
-            if st.bounce_due and not await self._send_bounce(qid, env, source, st, relay):
-                due = min(due, now + self.cfg.queue.retry_initial)
-            self._requeue(qid, due)
+            await self.disk.run(self.queue.write_state, qid, out.state)
+        self._count(out)  # after the disk: a reader of the counters finds the queue as they say
+        if out.disposition is Disposition.REMOVE:
+            return
+        due = out.due
+        if out.state.bounce_due and not await self._send_bounce(qid, env, source, out.state, relay):
+            due = min(due, now + self.cfg.queue.retry_initial)
+        self._requeue(qid, due)
 
-    def _log(self, qid: str, res: RcptResult, relay: str, delay: float, started: float) -> None:
-        status = {"sent": "sent", "temp": "deferred", "perm": "bounced"}[res.outcome]
-        dsn = bounce.status_of(res.reply, {"sent": "2.0.0", "temp": "4.0.0", "perm": "5.0.0"}[res.outcome])
+    def _count(self, out: delivery_outcome.Outcome) -> None:
+        if out.recipients(Verdict.FAILED):
+            self.counters.bump("bounced")
+        if out.disposition is Disposition.DEFERRED:
+            self.counters.bump("deferred")
+        if out.recipients(Verdict.SENT):
+            self.counters.bump("sent")
+
+    def _log(self, qid: str, entry: Entry, relay: str, delay: float) -> None:
         log.info(
             "%s: to=<%s>, relay=%s, delay=%.2f, dsn=%s, status=%s (%s)",
             qid,
-            res.address,
+            entry.address,
             relay or "none",
             delay,
-            dsn,
-            status,
-            fmt.clean_line(res.reply),
+            bounce.status_of(entry.reply, DEFAULT_DSN[entry.verdict]),
+            entry.verdict.value,
+            fmt.clean_line(entry.reply),
         )
 
-    def _wants_bounce(self, qid: str, env: fmt.Envelope) -> bool:
-        if not env.sender:
-            log.info("%s: not bouncing: null sender", qid)
-            return False
-        if not self.cfg.queue.bounce or "NEVER" in env.dsn_param("notify").upper():
-            log.info("%s: not bouncing: bounces disabled for this message", qid)
-            return False
-        return True
-
     async def _send_bounce(
-        self, qid: str, env: fmt.Envelope, source: MessageSource, st: qs.State, relay: str = ""
+        self, qid: str, env: fmt.Envelope, source: MessageSource, state: qs.State, relay: str = ""
     ) -> bool:
-        """Queue one DSN for the recipients in st.bounce_due; False to try again later."""
+        """Queue one DSN for the recipients in state.bounce_due; False to try again later."""
         failed = [
-            bounce.FailedRecipient(env.recipients[i], st.rcpt_error(i), remote=bool(relay))
-            for i in st.bounce_due
+            bounce.FailedRecipient(env.recipients[i], state.rcpt_error(i), remote=bool(relay))
+            for i in state.bounce_due
         ]
         cleanup = self.cleanup()
         report = bounce.build(
@@ -399,6 +344,6 @@ class Scheduler:
             bqid = ""
         if bqid:
             log.info("%s: sender non-delivery notification: %s", qid, bqid)
-        st.bounce_due = []
-        await self.disk.run(self.queue.write_state, qid, st)
+        state.bounce_due = []
+        await self.disk.run(self.queue.write_state, qid, state)
         return True

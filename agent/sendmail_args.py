@@ -157,7 +157,7 @@ def _bool_flag(flag: str, values: dict[str, object]) -> None:
 
 def _value_flag(flag: str, value: str, values: dict[str, object]) -> None:
     if any(c in value for c in "\r\n\0"):
-        # an address that cannot be parsed is a data error (65), as INTERFACE.md says
+        # an address that cannot be parsed is a data error (65), like any bad message
         raise (MessageError if flag in "fr" else UsageError)(f"option -{flag} value contains CR, LF or NUL")
     if flag in "fr":
         values["sender"] = value

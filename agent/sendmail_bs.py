@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from agent import addressing
 from agent.errors import AgentError, TooBigError
-from agent.sendmail import Runtime, deliver, envelope_sender, normalize, prepare
 from agent.sendmail_args import Options
+from agent.submission import Runtime, deliver, envelope_sender, normalize, prepare
 
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs more than sendmail's own work
 if TYPE_CHECKING:
     from typing import BinaryIO
 

@@ -20,7 +20,7 @@ CHUNK = 1 << 16
 
 def read_rest(first: bytes, stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> list[bytes]:
     """The message whose first bytes sendmail read already: CRLF parts, the first holding
-    all its header fields (what agent.sendmail.normalize would make of it whole)."""
+    all its header fields (what agent.submission.normalize would make of it whole)."""
     watch = _NulWatch(_read(first, stream, ignore_dots, limit))
     crlf = list(_to_crlf(_without_from_line(watch)))
     if watch.seen:  # after the size limit's error, as when the message was checked whole

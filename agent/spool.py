@@ -13,6 +13,7 @@ import errno
 import os
 from typing import NamedTuple
 
+from agent import durable
 from agent.errors import NoSpaceError, TempError
 
 SUFFIX = ".spool"
@@ -56,14 +57,9 @@ def unlink_quiet(path: str) -> None:
 
 
 def create(path: str) -> int:
-    """A new spool file, exclusively created, 0600, open for writing."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    """A new spool file, exclusively created, 0600, open for writing. Never fsynced: nothing
+    is acknowledged until its bytes are in a queue file, which is."""
+    return durable.create(path, 0o600)
 
 
 class DataSink:
@@ -95,7 +91,7 @@ class DataSink:
         if self._fd < 0:
             self.path = os.path.join(self.tmpdir, os.urandom(8).hex().upper() + ".data" + SUFFIX)
             self._fd = create(self.path)
-        write_all(self._fd, b"".join(self.parts))
+        durable.write_all(self._fd, b"".join(self.parts))
         self.parts.clear()
         self._pending = 0
 

@@ -3,7 +3,7 @@
 1. rate = 10, a 1,000-message backlog (queue files written before the daemon starts): the rate
    the relay stand-in sees, (n - 1) / (t_last - t_first) over its MAIL FROM timestamps, and the
    relay connections used. Budget: within 2 % of 10 msg/s, over few connections.
-2. rate = 1000 (the issue's figure) and the limit lifted (INTERFACE.md's): 1,000 messages
+2. rate = 1000 (the issue's figure) and the limit lifted: 1,000 messages
    submitted over the daemon's Unix socket (smtplib over AF_UNIX from 8 threads in parallel,
    50 messages per session) until the upstream holds them all; three runs of each, the median.
    Budget: >= 300 msg/s end to end. Upstream: bench/tls_sink.py (STARTTLS,
@@ -37,7 +37,7 @@ from sink_relay import SinkRelay
 
 RATE_TOLERANCE = 0.02
 LIFTED_RATE = 1000.0  # the figure; paced evenly, 1 ms apart
-NO_LIMIT = 1e9  # "limit lifted" (INTERFACE.md): the limiter never waits
+NO_LIMIT = 1e9  # "limit lifted": the limiter never waits
 LIFTED_BUDGET = 300.0
 
 

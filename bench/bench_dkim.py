@@ -4,7 +4,7 @@
 
 Prints the median per-message time for a 2 KB message (RSA-2048 ours and dkimpy,
 Ed25519 ours) and the peak RSS of a fresh process that signs a 25 MB message.
-Budget (docs/INTERFACE): RSA-2048 <= 2 ms per 2 KB message.
+Budget (README.md's figures table): RSA-2048 <= 2 ms per 2 KB message.
 """
 
 from __future__ import annotations

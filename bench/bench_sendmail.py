@@ -16,8 +16,9 @@ The rows compared with Postfix's (VERSUS) and Postfix's own are timed in ROUNDS 
 blocks and pooled, so drift within the run falls on both sides alike; each ratio comes with a
 95 % bootstrap interval.
 
-Budget (INTERFACE.md): the stub's median <= 20 ms and no slower than Postfix's, daemon up or down;
-the same comparison is made for a caller that is not root (PHP-FPM, most cron jobs).
+Budget (README.md's figures table): the stub's median <= 20 ms and no slower than Postfix's,
+daemon up or down; the same comparison is made for a caller that is not root (PHP-FPM, most
+cron jobs).
 
     .venv/bin/python bench/bench_sendmail.py [--runs 50] [--quick] [--no-peers] [--json OUT]
 """
@@ -133,7 +134,7 @@ def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None)
 
     stub, console = str(stub_script(tmp)), str(common.VENV_BIN / "sendmail")
     # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so with
-    # the daemon up they hand mail over the socket (agent.sendmail.deliver); Postfix's
+    # the daemon up they hand mail over the socket (agent.submission.deliver); Postfix's
     # postdrop is setgid, so for it nobody is root with setpriv's cost added
     nobody = " ".join([*AS_NOBODY, stub])
     rounds = ROUNDS if runs >= 10 * ROUNDS else 1

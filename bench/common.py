@@ -2,7 +2,7 @@
 
 Each bench script prints a markdown table and, with `--json PATH`, writes its rows there for
 run_all.py. A row is a dict: {"what", "value", "unit", "budget", "ok", "note"}; "ok" is
-True/False against the INTERFACE.md budget, or None where there is no budget.
+True/False against its budget (README.md's figures table), or None where there is no budget.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def render(
         "- mode: " + ("QUICK (smoke test sizes, not the budget figures)" if quick else "full"),
         "- figures from different runs differ by up to 35 % on a busy machine: compare within one page",
         "",
-        "## Budgets (INTERFACE.md)",
+        "## Budgets",
         "",
         budget_summary(results),
     ]

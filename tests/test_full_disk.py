@@ -114,9 +114,13 @@ def fill_then_free(root: Path, relay: RelayStandin) -> Run:
         wait_until(lambda: set(_arrived(relay)) >= set(accepted), timeout=60)
         env.wait_queue_empty(timeout=30)
         again = [t.split()[1] for t in refused]
-        for token in again:  # what was refused is taken now
+        for n, token in enumerate(again):  # what was refused is taken now
             r = by_sendmail(env, token, nobody=False)
             assert r.returncode == 0, r.stderr
+            # one at a time, as callers retrying over time do: with min_free = 0 a burst of
+            # maildrop files could fill this 4 MB disk by itself, and pickup needs room for a
+            # copy before it removes one (a real min_free keeps sendmail from doing that)
+            wait_until(lambda n=n: len(set(_arrived(relay)) & set(again)) > n, timeout=30)
         wait_until(lambda: set(_arrived(relay)) >= set(accepted + again), timeout=60)
         env.wait_queue_empty(timeout=30)
     finally:

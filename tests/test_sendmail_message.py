@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import headers, sendmail, sendmail_message, smtp_client_lite
+from agent import headers, sendmail, sendmail_message, smtp_client_lite, submission
 from agent.errors import MessageError, TooBigError
 from agent.sendmail_message import longest_line, read_rest
 from tests.support.agent_env import AgentEnv, traversable_tmp
@@ -64,7 +64,7 @@ def old_prepare(message: bytes, sender: str, extract: bool) -> tuple[list[str], 
 
 
 def new_prepare(message: list[bytes], sender: str, extract: bool) -> tuple[list[str], bytes]:
-    """What sendmail.prepare does to the first part, with the same stand-ins as old_prepare."""
+    """What submission.prepare does to the first part, with the same stand-ins as old_prepare."""
     head = message[0]
     wanted = headers.recipients_for_t(head) if extract else []
     head = headers.rewrite_from(headers.strip_bcc(head), lambda addr: addr.replace("old", "new"))
@@ -203,10 +203,10 @@ def test_a_small_message_is_one_write() -> None:
     assert sent.writes == [b"Subject: x\r\n\r\n..hi\r\n.\r\n"]
     message = sendmail.read_message(io.BytesIO(b"Subject: x\n\nhi\n"), True, 1000)
     assert message == [b"Subject: x\r\n\r\nhi\r\n"]
-    assert sendmail.framed("a@example.com", ["b@example.net"], message, ())[0].endswith(
+    assert submission.framed("a@example.com", ["b@example.net"], message, ())[0].endswith(
         b"hi\r\nRELAY-AGENT-END\n"
     )
-    assert len(sendmail.framed("a@example.com", ["b@example.net"], message, ())) == 1
+    assert len(submission.framed("a@example.com", ["b@example.net"], message, ())) == 1
 
 
 # --- the process's peak memory for a 20 MB message ------------------------------------------

@@ -306,7 +306,8 @@ def test_big_maildrop_file_is_streamed_to_what_the_in_memory_path_makes(
 
 def test_big_maildrop_file_without_its_end_marker_is_quarantined(tmp_path: Path, cleanup: Cleanup) -> None:
     maildrop_file(tmp_path, big_message(1_000_000), end=b"RELAY-AGENT-EN\n\n")
-    assert pickup.prepare_one(str(tmp_path), "drop1", cleanup, cleanup.queue.corrupt) is None
+    got = pickup.prepare_one(str(tmp_path), "drop1", cleanup, cleanup.queue.corrupt)
+    assert got is pickup.Skipped.REFUSED
     assert not os.path.exists(tmp_path / "drop1") and len(os.listdir(cleanup.queue.corrupt)) == 1
     assert os.listdir(cleanup.queue.tmp) == []
 
