@@ -276,14 +276,16 @@ class Scheduler:
         """Apply a transaction's outcome: log, count, write the state (or remove), bounce, requeue."""
         now = time.time()
         out = delivery_outcome.outcome(state, env, results, now, self.cfg.queue, random.uniform(-1.0, 1.0))
+        if out.disposition is Disposition.REMOVE:
+            # right here, not behind pickup's work on the disk thread: until these two unlinks
+            # a kill makes the next daemon send the message again (no fsync: a kill keeps them)
+            self.queue.remove(qid, False)
+        else:
+            await self.disk.run(self.queue.write_state, qid, out.state)
         for entry in out.entries:
             self._log(qid, entry, relay, now - env.created)
         if out.no_bounce is not None:
             log.info("%s: not bouncing: %s", qid, out.no_bounce.value)
-        if out.disposition is Disposition.REMOVE:
-            await self.disk.run(self.queue.remove, qid, False)  # two unlinks, no fsync
-        else:
-            await self.disk.run(self.queue.write_state, qid, out.state)
         self._count(out)  # after the disk: a reader of the counters finds the queue as they say
         if out.disposition is Disposition.REMOVE:
             return
