@@ -14,6 +14,7 @@ from agent.submission import Runtime, deliver, envelope_sender, load_runtime, no
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs more than sendmail's own work
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import BinaryIO
 
 # A message is held as a list of CRLF parts, the first holding all its header fields (which
@@ -25,30 +26,40 @@ CHUNK = 1 << 16
 
 def read_message(stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> list[bytes]:
     """stdin up to EOF, or (without -i) up to a line holding a lone ".", made CRLF (normalize)."""
-    first, more = b"", False
-    if stream is not None and ignore_dots:
-        first = stream.read(CHUNK)
-        more = len(first) == CHUNK  # short only at EOF
-    elif stream is not None:
-        lines: list[bytes] = []
-        size = 0
-        while size <= limit:
-            line = stream.readline(limit + 2 - size)
-            if not line or line in (b".\n", b".\r\n", b"."):
-                break
-            lines.append(line)
-            size += len(line)
-            if size >= CHUNK:
-                more = True
-                break
-        first = b"".join(lines)
-    if more:
+    rest = pieces(stream, ignore_dots, limit) if stream is not None else iter(())
+    first = next(rest, b"")
+    if len(first) >= CHUNK:  # a full first piece: more may follow
         from agent import sendmail_message
 
-        return sendmail_message.read_rest(first, stream, ignore_dots, limit)
+        return sendmail_message.read_rest(first, rest, limit)
     if len(first) > limit:
         raise TooBigError(f"message exceeds the size limit of {limit} bytes (limits.max_message_size)")
     return [normalize(first)]
+
+
+def pieces(stream: "BinaryIO", ignore_dots: bool, limit: int) -> "Iterator[bytes]":
+    """stdin in pieces of CHUNK bytes or more (the last may be short): up to EOF, or (without
+    -i) up to a line holding a lone "."; reading stops once past `limit`. Nothing is read
+    ahead of what is handed out, so a caller may stop after any piece."""
+    size = 0
+    if ignore_dots:
+        while size <= limit and (chunk := stream.read(min(CHUNK, limit + 1 - size))):
+            size += len(chunk)
+            yield chunk
+        return
+    lines: list[bytes] = []
+    held = 0
+    while size <= limit:
+        line = stream.readline(limit + 2 - size)
+        if not line or line in (b".\n", b".\r\n", b"."):
+            break
+        lines.append(line)
+        size += len(line)
+        held += len(line)
+        if held >= CHUNK:
+            yield b"".join(lines)
+            lines, held = [], 0
+    yield b"".join(lines)
 
 
 def send(opts: Options, rt: Runtime, stream: "BinaryIO | None") -> int:

@@ -13,43 +13,26 @@ from agent.errors import MessageError, TooBigError
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from typing import BinaryIO
-
-CHUNK = 1 << 16
 
 
-def read_rest(first: bytes, stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> list[bytes]:
-    """The message whose first bytes sendmail read already: CRLF parts, the first holding
-    all its header fields (what agent.submission.normalize would make of it whole)."""
-    watch = _NulWatch(_read(first, stream, ignore_dots, limit))
+def read_rest(first: bytes, rest: "Iterator[bytes]", limit: int) -> list[bytes]:
+    """The message whose first piece sendmail read already, `rest` the pieces still to come:
+    CRLF parts, the first holding all its header fields (what agent.submission.normalize
+    would make of it whole)."""
+    watch = _NulWatch(_read(first, rest, limit))
     crlf = list(_to_crlf(_without_from_line(watch)))
     if watch.seen:  # after the size limit's error, as when the message was checked whole
         raise MessageError("message contains NUL bytes")
     return _split(crlf)
 
 
-def _read(first: bytes, stream: "BinaryIO | None", ignore_dots: bool, limit: int) -> "Iterator[bytes]":
-    """`first`, then the rest of stdin up to EOF, or (without -i) up to a line holding a lone "."."""
+def _read(first: bytes, rest: "Iterator[bytes]", limit: int) -> "Iterator[bytes]":
+    """`first`, then the rest of stdin as sendmail's reader hands it out (agent.sendmail.pieces)."""
     size = len(first)
     yield first
-    if stream is not None and ignore_dots:
-        while size <= limit and (chunk := stream.read(min(CHUNK, limit + 1 - size))):
-            size += len(chunk)
-            yield chunk
-    elif stream is not None:
-        lines: list[bytes] = []
-        held = 0
-        while size <= limit:
-            line = stream.readline(limit + 2 - size)
-            if not line or line in (b".\n", b".\r\n", b"."):
-                break
-            lines.append(line)
-            size += len(line)
-            held += len(line)
-            if held >= CHUNK:
-                yield b"".join(lines)
-                lines, held = [], 0
-        yield b"".join(lines)
+    for chunk in rest:
+        size += len(chunk)
+        yield chunk
     if size > limit:
         raise TooBigError(f"message exceeds the size limit of {limit} bytes (limits.max_message_size)")
 

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import headers, sendmail, sendmail_message, smtp_client_lite, submission
+from agent import headers, sendmail, smtp_client_lite, submission
 from agent.errors import MessageError, TooBigError
 from agent.sendmail_message import longest_line, read_rest
 from tests.support.agent_env import AgentEnv, traversable_tmp
@@ -123,24 +123,13 @@ def small_chunks() -> Iterator[None]:
     """Chunks of a few bytes: every boundary case turns up in a short message."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sendmail, "CHUNK", 9)
-        mp.setattr(sendmail_message, "CHUNK", 7)
         mp.setattr(smtp_client_lite, "CHUNK", 5)
         yield
 
 
-class Pieces(io.BytesIO):
-    """stdin that hands out the given pieces, one a read: any cut at all."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        super().__init__()
-        self.pieces = [p for p in pieces if p][::-1]  # b"" would be EOF
-
-    def read(self, size: int | None = -1) -> bytes:
-        return self.pieces.pop() if self.pieces else b""
-
-
 def cut_read(pieces: list[bytes]) -> list[bytes]:
-    return read_rest(pieces[0], Pieces(pieces[1:]), True, 1 << 20)
+    """The message read in the given pieces: any cut at all."""
+    return read_rest(pieces[0], iter(pieces[1:]), 1 << 20)
 
 
 @settings(max_examples=300, deadline=None)
