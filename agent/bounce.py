@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.envelope import clean_line
 from agent.headers import format_date
+from agent.smtp_text import clean_line
 
 # How much of the original a bounce returns (Postfix's bounce_size_limit): a bigger original
 # comes back as its headers only (text/rfc822-headers), and the notice says so. The caller

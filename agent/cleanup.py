@@ -22,7 +22,8 @@ from agent.dkim_sign import Draft, Signer, signed
 from agent.durable import write_all
 from agent.envelope import Envelope, has_bad_chars
 from agent.errors import MessageError, PolicyError, TooBigError
-from agent.queue import Queue, new_id
+from agent.queue import Queue
+from agent.queue_ids import new_id
 from agent.spool import SMALL, SUFFIX, Spool, Spooled, create, unlink_quiet
 
 # A big message whose body has lines over 998 octets is re-encoded whole in memory

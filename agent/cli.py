@@ -156,7 +156,7 @@ def queue_delete(
     gone when its turn comes (one it is sending right now may still go out).
     """
     from agent import queue_bulk
-    from agent.queue import valid_id
+    from agent.queue_ids import valid_id
 
     cfg = load(config)
     q = _queue(cfg)

@@ -7,6 +7,8 @@ and relay.password_file is opened under the same ownership and permission rules.
 
 from __future__ import annotations
 
+import os
+
 from agent import credentials, relay_tls
 from agent.config import Config
 from agent.dkim_sign import Signer
@@ -16,4 +18,19 @@ def check_files(cfg: Config) -> None:
     """Raises ConfigError (exit 78) naming the first file that cannot be used."""
     Signer(cfg)
     relay_tls.check_ca_file(cfg.relay.ca_file)
-    credentials.check_password_file(cfg)
+    credentials.check_password_file(cfg, _service_user())
+
+
+def _service_user() -> tuple[int, ...]:
+    """The unit runs `config check` as root before starting the daemon as the service user, so
+    root also accepts a password file owned by that user, which the daemon itself accepts."""
+    if os.geteuid() != 0:
+        return ()
+    import pwd
+
+    from agent.install_layout import USER
+
+    try:
+        return (pwd.getpwnam(USER).pw_uid,)
+    except KeyError:
+        return ()  # not installed: the daemon runs as whoever starts it

@@ -6,8 +6,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.relay_errors import RelayError
-
 
 @dataclass
 class Counters:
@@ -30,8 +28,7 @@ class Counters:
         self.last_relay_error = text
         self.changed.set()
 
-    def suspend(self, exc: RelayError) -> None:
-        where = f"connect to {exc.relay}: {exc.reply}" if exc.stage == "connect" else str(exc)
+    def suspend(self, where: str) -> None:
         self.relay_suspended = "delivery temporarily suspended: " + where
         self.changed.set()
 

@@ -96,25 +96,13 @@ def _from_password_file(cfg: Config) -> str | None:
     return _read_password_file(path) if path else None
 
 
-def check_password_file(cfg: Config) -> None:
+def check_password_file(cfg: Config, owners: tuple[int, ...] = ()) -> None:
     """`config check`: read relay.password_file as the daemon will, ConfigError if it cannot.
 
-    The unit runs `config check` as root before starting the daemon as the service user, so
-    root also accepts a file owned by that user, which the daemon itself accepts.
+    `owners`: uids besides root and ourselves whose file is accepted (the service user's).
     """
-    if not cfg.relay.password_file:
-        return
-    owners: tuple[int, ...] = ()
-    if os.geteuid() == 0:
-        import pwd
-
-        from agent.install_layout import USER
-
-        try:
-            owners = (pwd.getpwnam(USER).pw_uid,)
-        except KeyError:
-            owners = ()  # not installed: the daemon runs as whoever starts it
-    _read_password_file(cfg.relay.password_file, owners)
+    if cfg.relay.password_file:
+        _read_password_file(cfg.relay.password_file, owners)
 
 
 def _backend() -> Any | None:

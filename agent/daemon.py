@@ -215,7 +215,9 @@ async def run(cfg: Config) -> int:
     tasks = [
         asyncio.create_task(daemon.scheduler.run()),
         asyncio.create_task(daemon.pickup_loop.run()),
-        asyncio.create_task(status_file.loop(status_path, daemon.counters, daemon.disk, daemon.stop_event)),
+        asyncio.create_task(
+            status_file.loop(status_path, daemon.counters, daemon.disk.run, daemon.stop_event)
+        ),
         asyncio.create_task(daemon.watchdog_loop()),
     ]
     tasks += _optional_tasks(daemon)

@@ -1,7 +1,7 @@
 """SMTP dot-stuffing (RFC 5321 4.5.2) of a message that arrives in chunks (pure).
 
 The output for any split of a message into chunks is byte for byte what
-`smtp_client_lite.dot_stuff` makes of the whole message, so a message of any size can be
+`smtp_text.dot_stuff` makes of the whole message, so a message of any size can be
 stuffed while it is read from its queue file, holding one chunk at a time.
 """
 

@@ -42,7 +42,8 @@ from agent.cleanup import Cleanup
 from agent.drop_handover import MALFORMED, Handover, Stage, refusal
 from agent.errors import AgentError
 from agent.listen_guard import DROP_HANDOVERS, OUT_OF_FDS, Episode
-from agent.pickup import qid_for, shown
+from agent.pickup import shown
+from agent.queue_ids import qid_for
 from agent.server import socket_peer_uid
 
 log = logging.getLogger("relay-agent")

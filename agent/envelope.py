@@ -18,6 +18,8 @@ never acknowledged (a crash mid-write) and goes to corrupt/. The state file besi
 is agent.queue_state's.
 """
 
+from agent.smtp_text import clean_line
+
 MAGIC = b"RELAY-AGENT-QUEUE 1\n"
 END = b"RELAY-AGENT-END\n"
 HEADER_SLACK = 1 << 20  # what a file or hand-over may hold beyond the message size limit: the envelope
@@ -27,11 +29,6 @@ DSN_KEYS = ("notify", "ret", "envid")
 
 class FormatError(ValueError):
     """A queue or state file that cannot be trusted."""
-
-
-def clean_line(text: str) -> str:
-    """One line of text, safe to store in a line-oriented file or a log."""
-    return " ".join(text.replace("\0", " ").split())
 
 
 def has_bad_chars(addr: str) -> bool:

@@ -33,6 +33,7 @@ SENDMAIL = (
     "agent.dkim_policy",
     "agent.sendmail_args",
     "agent.pickup_trigger",
+    "agent.smtp_text",
     "agent.envelope",
     "agent.submission",
     "agent.sendmail",

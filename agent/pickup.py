@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
-import hmac
 import logging
 import os
 import shutil
@@ -26,6 +24,7 @@ from agent import bodystream
 from agent import envelope as fmt
 from agent.cleanup import Cleanup, Prepared
 from agent.errors import AgentError, ConfigError, TempError
+from agent.queue_ids import qid_for
 from agent.spool import SMALL
 
 log = logging.getLogger("relay-agent")
@@ -96,17 +95,6 @@ def candidates(path: str) -> Iterator[str]:
                     pass
                 continue
             yield e.name
-
-
-def qid_for(name: str, st: os.stat_result, key: bytes) -> str:
-    """Deterministic per file, so a crash between enter and unlink cannot duplicate.
-
-    The submitter chooses the name and the mtime, so the random part is a keyed hash:
-    nobody without the queue's key can aim a drop at an existing message's id.
-    """
-    ident = f"{name}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_size}".encode()
-    digits = hmac.new(key, ident, hashlib.sha256).hexdigest()[:5].upper()
-    return f"{(st.st_mtime_ns // 1000) & 0xFFFFFFFFFFF:011X}{digits}"
 
 
 def _kind(mode: int) -> str:

@@ -1,6 +1,6 @@
 """Pickup rounds: maildrop files into the queue exactly once, whatever moment the daemon dies.
 
-A maildrop file's queue id is a function of the file (pickup.qid_for), so entering it
+A maildrop file's queue id is a function of the file (queue_ids.qid_for), so entering it
 twice gives the same msg/ID. What must never happen is the scheduler delivering (and then
 removing) that msg/ID while the maildrop file is still there: the next pickup would find
 no msg/ID and queue the file again. Two rules close that:
@@ -33,14 +33,14 @@ import logging
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from agent import pickup
 from agent.cleanup import Cleanup, Prepared
 from agent.disk_thread import DiskThread
 from agent.durable import fsync_dir
 from agent.queue import Queue
-from agent.scheduler import Scheduler
+from agent.queue_ids import qid_for
 
 log = logging.getLogger("relay-agent")
 
@@ -72,7 +72,7 @@ def reconcile(maildrop: str, queue: Queue) -> list[tuple[str, str]]:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue  # never ours to have queued; pickup refuses it
-        qid = pickup.qid_for(name, st, key)  # lstat and pickup's fstat agree for a regular file
+        qid = qid_for(name, st, key)  # lstat and pickup's fstat agree for a regular file
         if not queue.exists(qid):
             continue
         try:
@@ -113,6 +113,14 @@ def settle(maildrop: str, queue: Queue, held: dict[str, str]) -> Settled:
     return Settled(release, forget)
 
 
+class Holds(Protocol):
+    """What pickup needs of the scheduler (intake does not import delivery)."""
+
+    def hold(self, qid: str) -> bool: ...
+
+    def unhold(self, qid: str, deliver: bool) -> None: ...
+
+
 class Pickup:
     """The daemon's pickup: prepare on the disk thread, group-commit, hold, unlink, release."""
 
@@ -121,7 +129,7 @@ class Pickup:
         queue: Queue,
         cleanup: Callable[[], Cleanup],
         commit: Callable[[Prepared], Awaitable[str]],
-        scheduler: Scheduler,
+        scheduler: Holds,
         disk: DiskThread,
     ) -> None:
         self.queue = queue

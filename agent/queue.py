@@ -8,7 +8,6 @@ submitter still has the message; recovery removes it with a log line.
 
 from __future__ import annotations
 
-import binascii
 import errno
 import os
 import shutil
@@ -21,21 +20,12 @@ from agent import durable
 from agent import envelope as fmt
 from agent import queue_state as qs
 from agent.errors import NoSpaceError, TempError
+from agent.queue_ids import new_id, valid_id
 from agent.spool import Spooled
 
 SUBDIRS = ("tmp", "msg", "state", "corrupt")
 DELETED_PREFIX = "deleted."  # `queue delete --all` moves msg/ and state/ here, to be removed
 READ_CHUNK = 1 << 16
-
-
-def new_id(now: float | None = None) -> str:
-    """16 upper-case hex digits: microseconds (sort by arrival) + randomness."""
-    micros = int((time.time() if now is None else now) * 1_000_000)
-    return f"{micros & 0xFFFFFFFFFFF:011X}{binascii.hexlify(os.urandom(3)).decode()[:5].upper()}"
-
-
-def valid_id(qid: str) -> bool:
-    return len(qid) == 16 and all(c in "0123456789ABCDEF" for c in qid)
 
 
 def write_message(path: str, env: fmt.Envelope, message: bytes | Spooled) -> durable.Writer:

@@ -13,7 +13,8 @@ only writes queue files, should not load it. Rewritten atomically after each att
     r 1 F 550 5.1.1 no such user
 """
 
-from agent.envelope import FormatError, clean_line, read_float, read_int
+from agent.envelope import FormatError, read_float, read_int
+from agent.smtp_text import clean_line
 
 PENDING, SENT, FAILED = "P", "S", "F"
 

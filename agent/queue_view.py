@@ -13,6 +13,7 @@ from agent import envelope as fmt
 from agent import queue_bulk
 from agent import queue_state as qs
 from agent.queue import Entry, Queue
+from agent.queue_ids import qid_for
 from agent.status_file import relay_suspended
 
 
@@ -62,7 +63,6 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
         return
     if not names:
         return  # agent.pickup imports cleanup and DKIM: a tenth of a second a listing need not pay
-    from agent.pickup import qid_for
 
     for name in sorted(names):
         try:

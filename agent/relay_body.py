@@ -10,7 +10,7 @@ from __future__ import annotations
 from agent.dot_stream import DotStuffer
 from agent.message_source import MessageSource
 from agent.relay_link import RelayLink
-from agent.smtp_client_lite import dot_stuff
+from agent.smtp_text import dot_stuff
 
 
 async def send_body(link: RelayLink, message: MessageSource) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.message_source import MessageSource
-from agent.smtp_client_lite import xtext
+from agent.smtp_text import xtext
 
 _CONTROL_CHARS = re.compile(rb"[\x00-\x1f\x7f]")
 

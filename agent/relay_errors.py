@@ -32,6 +32,10 @@ class RelayError(TempError):
         self.reply = reply
         self.relay = relay
 
+    def where(self) -> str:
+        """Where delivery stopped, for `status` and `mailq` while it is suspended."""
+        return f"connect to {self.relay}: {self.reply}" if self.stage == "connect" else str(self)
+
 
 def relay_failure(stage: str, exc: BaseException, host: str, relay: str, password: str | None) -> RelayError:
     """The RelayError for a transport/protocol failure, its reason redacted."""

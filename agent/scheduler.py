@@ -25,6 +25,7 @@ from agent.errors import AgentError, TempError
 from agent.message_source import MessageSource, open_queued
 from agent.queue import Queue
 from agent.relay import RcptResult, RelayConnection, RelayError
+from agent.smtp_text import clean_line
 from agent.worker_connection import WorkerConnection
 
 log = logging.getLogger("relay-agent")
@@ -256,7 +257,7 @@ class Scheduler:
         except RelayError as exc:
             self.connect_backoff = time.time() + min(CONNECT_BACKOFF_MAX, self.cfg.queue.retry_initial)
             self.counters.relay_error(str(exc))
-            self.counters.suspend(exc)
+            self.counters.suspend(exc.where())
             results = delivery_outcome.for_pending(state, env, "temp", str(exc))
             await self._record(qid, env, source, state, results, exc.relay)
             return
@@ -311,7 +312,7 @@ class Scheduler:
             delay,
             bounce.status_of(entry.reply, DEFAULT_DSN[entry.verdict]),
             entry.verdict.value,
-            fmt.clean_line(entry.reply),
+            clean_line(entry.reply),
         )
 
     async def _send_bounce(

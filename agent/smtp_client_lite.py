@@ -15,6 +15,7 @@ from agent.errors import (
     TooBigError,
     UnknownRecipientError,
 )
+from agent.smtp_text import xtext
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~14 ms (sendmail's path)
 if TYPE_CHECKING:
@@ -133,16 +134,6 @@ class Connection:
         return self.reply(timeout)
 
 
-def dot_stuff(message: bytes) -> bytes:
-    """DATA payload for a CRLF message, including the terminating ".\r\n"."""
-    body = message.replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
-
-
 def send_stuffed(conn: Connection, parts: "Sequence[bytes]") -> None:
     """Send dot_stuff(b"".join(parts)) about a CHUNK at a time, so that a big message is never
     copied whole; a small one is still one write. Each piece is stuffed with the two bytes
@@ -162,13 +153,6 @@ def send_stuffed(conn: Connection, parts: "Sequence[bytes]") -> None:
                 out, held = [], 0
     out.append(b".\r\n" if tail == b"\r\n" else b"\r\n.\r\n")
     conn.send(b"".join(out))
-
-
-def xtext(value: str) -> str:
-    """RFC 3461 xtext (for ENVID): octets outside "!".."~", and "+" and "=", as +XX."""
-    return "".join(
-        c if "!" <= c <= "~" and c not in "+=" else "".join(f"+{b:02X}" for b in c.encode()) for c in value
-    )
 
 
 def _extensions(reply: Reply) -> set[str]:

@@ -17,9 +17,11 @@ from agent import durable
 
 if TYPE_CHECKING:  # the readers (mailq, `queue list`) need neither, nor asyncio
     import asyncio
+    from collections.abc import Awaitable, Callable
 
     from agent.counters import Counters
-    from agent.disk_thread import DiskThread
+
+    Runner = Callable[[Callable[[str, Counters], None], str, Counters], Awaitable[None]]
 
 NAME = "status.json"
 MIN_INTERVAL = 0.1  # at most ten rewrites a second under load
@@ -46,13 +48,13 @@ def write(path: str, counters: Counters) -> None:
     durable.write(path, json.dumps(snapshot(counters)).encode(), mode=0o600, sync=False)
 
 
-async def loop(path: str, counters: Counters, disk: DiskThread, stop: asyncio.Event) -> None:
-    """Rewrite status.json on `disk` after each change of `counters`, until `stop` is set."""
+async def loop(path: str, counters: Counters, run: Runner, stop: asyncio.Event) -> None:
+    """Rewrite status.json through `run` (the disk thread's) after each change of `counters`, until `stop`."""
     import asyncio
 
     while not stop.is_set():
         counters.changed.clear()
-        await disk.run(write, path, counters)
+        await run(write, path, counters)
         changed = asyncio.ensure_future(counters.changed.wait())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait((changed, stopping), timeout=IDLE_REWRITE, return_when=asyncio.FIRST_COMPLETED)

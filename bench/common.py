@@ -121,12 +121,13 @@ def write_queue_files(
 
     Written directly and without fsync (Queue.enter fsyncs each file and the directory, which
     takes minutes for 100,000); ids are made from consecutive microseconds so they are unique
-    and sort by arrival, as agent.queue.new_id's would.
+    and sort by arrival, as agent.queue_ids.new_id's would.
     """
     import time
 
     from agent import envelope as fmt
-    from agent.queue import Queue, new_id
+    from agent.queue import Queue
+    from agent.queue_ids import new_id
 
     q = Queue(str(queue_dir))
     q.ensure_dirs()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope, pickup
+from agent import envelope, queue_ids
 from agent.queue import Queue
 from bench import crash_rounds
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
@@ -61,7 +61,7 @@ def test_maildrop_file_of_an_already_queued_message_is_removed_at_start(
     for name in names:  # what the killed daemon had entered: the queue file of each
         path = env.maildrop / name
         env_, message = envelope.decode(path.read_bytes())
-        qids.append(q.enter(env_, message, pickup.qid_for(name, os.lstat(path), q.key())))
+        qids.append(q.enter(env_, message, queue_ids.qid_for(name, os.lstat(path), q.key())))
     env.start()
     try:
         got = relay_standin.wait_for(5, timeout=15)

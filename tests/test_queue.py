@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from agent import backoff, bounce, envelope, queue_state
 from agent.errors import TempError
-from agent.queue import Queue, new_id, valid_id
+from agent.queue import Queue
+from agent.queue_ids import new_id, qid_for, valid_id
 from agent.queue_view import collect, format_mailq
 
 ENV = envelope.Envelope(
@@ -173,7 +174,6 @@ def test_bounce_is_rfc3464() -> None:
 
 
 def test_maildrop_ids_are_deterministic_but_keyed(q: Queue, tmp_path: Path) -> None:
-    from agent.pickup import qid_for
 
     f = tmp_path / "drop"
     f.write_bytes(b"x")

@@ -16,7 +16,8 @@ import pytest
 
 from agent import envelope as fmt
 from agent import queue_state as qs
-from agent.queue import Queue, new_id
+from agent.queue import Queue
+from agent.queue_ids import new_id
 from agent.queue_view import collect, format_mailq
 from tests.support.agent_env import MAILQ, AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin

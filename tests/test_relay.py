@@ -18,8 +18,8 @@ from aiosmtpd.smtp import Envelope, Session
 
 from agent.config import RelayConfig
 from agent.relay import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options
-from agent.smtp_client_lite import dot_stuff, xtext
 from agent.smtp_pipeline import Replies
+from agent.smtp_text import dot_stuff, xtext
 from tests.support.relay_standin import DEFAULT_PASSWORD, DEFAULT_USER, RelayStandin
 
 pytestmark = pytest.mark.timeout(60)

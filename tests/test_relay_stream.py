@@ -21,7 +21,7 @@ from agent.config import RelayConfig
 from agent.dot_stream import DotStuffer
 from agent.message_source import SMALL, MessageSource, open_queued
 from agent.relay import RelayConnection
-from agent.smtp_client_lite import dot_stuff
+from agent.smtp_text import dot_stuff
 from tests.support.agent_env import AgentEnv
 from tests.support.relay_standin import RelayStandin
 

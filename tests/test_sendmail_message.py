@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import headers, sendmail, smtp_client_lite, submission
+from agent import headers, sendmail, smtp_client_lite, smtp_text, submission
 from agent.errors import MessageError, TooBigError
 from agent.sendmail_message import longest_line, read_rest
 from tests.support.agent_env import AgentEnv, traversable_tmp
@@ -181,7 +181,7 @@ def test_dot_stuffing_in_chunks_is_dot_stuff(data: st.DataObject, raw: bytes) ->
     sent = Sent()
     with small_chunks():
         smtp_client_lite.send_stuffed(sent, data.draw(cuts(whole)))  # type: ignore[arg-type]
-    assert b"".join(sent.writes) == smtp_client_lite.dot_stuff(whole)
+    assert b"".join(sent.writes) == smtp_text.dot_stuff(whole)
     assert all(len(w) <= 3 * 5 + 3 for w in sent.writes)  # about a chunk at a time, never all
     assert longest_line(data.draw(cuts(whole))) == max(map(len, whole.split(b"\n")))
 
