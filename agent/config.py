@@ -2,7 +2,7 @@
 
 Every error names the offending key in one line and maps to exit 78.
 The sendmail fast path does not import this module when a fresh digest
-exists (see agent/digest.py); it only falls back here when it must parse TOML.
+exists (see agent/submit/config_cache.py); it only falls back here when it must parse TOML.
 """
 
 from __future__ import annotations

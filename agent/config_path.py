@@ -1,6 +1,6 @@
 """Where the config file is: stdlib-only, shared by the CLI and the sendmail fast path."""
 
-import posix  # not os: `import os` costs ~2 ms of the sendmail fast path (see sendmail.py)
+import posix  # not os: `import os` is dear on the sendmail fast path (see submit/sendmail.py)
 
 from agent.errors import ConfigError
 

@@ -19,21 +19,25 @@ import time
 from typing import Any
 
 from agent import config as config_mod
-from agent import credentials, dns_startup, listen_guard, pickup, pickup_trigger, relay_tls, status_file
-from agent.cleanup import Cleanup
-from agent.committer import Committer
 from agent.config import Config
-from agent.counters import Counters
-from agent.disk_thread import DiskThread
-from agent.dkim_sign import Signer
-from agent.drop_socket import DropServer
+from agent.delivery.scheduler import Scheduler
+from agent.dkim.signing import Signer
+from agent.dns import startup
 from agent.errors import EX_TEMPFAIL, AgentError, ConfigError
-from agent.pickup_loop import PickupLoop
-from agent.pickup_round import Pickup
-from agent.queue import Queue
-from agent.scheduler import Scheduler
-from agent.server import Handler, factory
-from agent.smtp_client_lite import drop_path
+from agent.intake import listen_guard, pickup
+from agent.intake.cleanup import Cleanup
+from agent.intake.committer import Committer
+from agent.intake.drop_socket import DropServer
+from agent.intake.pickup_loop import PickupLoop
+from agent.intake.pickup_round import Pickup
+from agent.intake.smtp_server import Handler, factory
+from agent.queue import trigger
+from agent.queue.disk_thread import DiskThread
+from agent.queue.store import Queue
+from agent.relay import credentials, tls
+from agent.status import snapshot
+from agent.status.counters import Counters
+from agent.submit.socket_client import drop_path
 
 log = logging.getLogger("relay-agent")
 
@@ -63,16 +67,16 @@ def sd_notify(message: str) -> None:
 
 def refresh_digest(cfg: Config) -> None:
     """Keep sendmail's pre-digested config fresh where we may write it (best effort)."""
-    from agent import digest
+    from agent.submit import config_cache
 
-    digest.write(cfg)  # returns False where it cannot write; never raises for that
+    config_cache.write(cfg)  # returns False where it cannot write; never raises for that
 
 
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.queue = Queue(cfg.queue.path, cfg.queue.min_free)
-        relay_tls.check_ca_file(cfg.relay.ca_file)  # exit 78 now, not a deferral at every connect
+        tls.check_ca_file(cfg.relay.ca_file)  # exit 78 now, not a deferral at every connect
         self.signer = Signer(cfg)
         self._cleanup = Cleanup(cfg, self.signer, self.queue)
         self.counters = Counters()
@@ -103,7 +107,7 @@ class Daemon:
         for note in self.queue.recover():
             log.warning("%s", note)
         # before the scheduler loads or delivers anything: a maildrop file whose message is
-        # queued already goes (agent.pickup_round explains why that makes pickup exactly-once)
+        # queued already goes (agent.intake.pickup_round explains why that makes pickup exactly-once)
         self.pickup = Pickup(self.queue, self.cleanup, self.committer.commit, self.scheduler, self.disk)
         self.pickup.start(self.cfg.queue.maildrop)
         self.pickup_loop = PickupLoop(self.pickup, lambda: self.cfg.queue.maildrop, self.stop_event)
@@ -132,7 +136,7 @@ class Daemon:
         if lc.socket:
             os.makedirs(os.path.dirname(lc.socket), exist_ok=True)
             # before anyone can connect
-            self.pickup_loop.listen(pickup_trigger.fifo_path(lc.socket))
+            self.pickup_loop.listen(trigger.fifo_path(lc.socket))
             self.servers.append(await loop.create_unix_server(make, sock=self._bind_unix(lc.socket)))
             # the drop socket's threads store a file, then wake pickup on this loop
             wake = functools.partial(loop.call_soon_threadsafe, self.pickup_loop.wake.set)
@@ -176,7 +180,7 @@ class Daemon:
     def reload(self) -> None:
         try:
             cfg = config_mod.load(self.cfg.path or None)
-            relay_tls.check_ca_file(cfg.relay.ca_file)
+            tls.check_ca_file(cfg.relay.ca_file)
             signer = Signer(cfg)
             password = credentials.get_password(cfg)
         except AgentError as exc:
@@ -211,13 +215,11 @@ async def run(cfg: Config) -> int:
     loop.add_signal_handler(signal.SIGTERM, daemon.stop_event.set)
     loop.add_signal_handler(signal.SIGINT, daemon.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    status_path = status_file.path_in(cfg.queue.path)
+    status_path = snapshot.path_in(cfg.queue.path)
     tasks = [
         asyncio.create_task(daemon.scheduler.run()),
         asyncio.create_task(daemon.pickup_loop.run()),
-        asyncio.create_task(
-            status_file.loop(status_path, daemon.counters, daemon.disk.run, daemon.stop_event)
-        ),
+        asyncio.create_task(snapshot.loop(status_path, daemon.counters, daemon.disk.run, daemon.stop_event)),
         asyncio.create_task(daemon.watchdog_loop()),
     ]
     tasks += _optional_tasks(daemon)
@@ -231,7 +233,7 @@ async def run(cfg: Config) -> int:
     await asyncio.gather(*pending, return_exceptions=True)
     daemon.committer.close()
     daemon.disk.close()
-    status_file.write(status_path, daemon.counters)
+    snapshot.write(status_path, daemon.counters)
     for path in daemon.unix_paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -242,10 +244,10 @@ async def run(cfg: Config) -> int:
 def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
     tasks: list[asyncio.Task[Any]] = []
     if daemon.cfg.metrics.listen:
-        from agent import metrics
+        from agent.status import metrics
 
         tasks.append(asyncio.create_task(metrics.serve(daemon.cfg.metrics.listen, daemon.counters)))
-    dns_startup.start(daemon.cfg.path)
+    startup.start(daemon.cfg.path)
     return tasks
 
 

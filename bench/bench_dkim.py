@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dkim
 
-from agent import dkim_keys
 from agent.config import from_dict
-from agent.dkim_sign import Signer, include_headers, parse
+from agent.dkim import key_files
+from agent.dkim.signing import Signer, include_headers, parse
 
 
 def message_2k() -> bytes:
@@ -51,7 +51,7 @@ def median_ms(fn: Callable[[], object], runs: int) -> float:
 
 def write_key(directory: str, name: str, algorithm: str) -> str:
     path = os.path.join(directory, name)
-    dkim_keys.write_private_key(dkim_keys.generate(algorithm, 2048), path)
+    key_files.write_private_key(key_files.generate(algorithm, 2048), path)
     return path
 
 
@@ -65,8 +65,8 @@ def peak_rss_mb(key_path: str, size: int) -> tuple[float, float, float]:
 import resource, sys, time, tracemalloc
 sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
 from agent.config import from_dict
-from agent.dkim_sign import Signer
-from agent.longlines import make_safe
+from agent.dkim.signing import Signer
+from agent.mail.longlines import make_safe
 s = Signer(from_dict({{"dkim": [{{"domain": "example.com", "selector": "s", "key_file": {key_path!r}}}]}}))
 head = b"From: a@example.com\\r\\nTo: b@example.net\\r\\nSubject: big\\r\\n\\r\\n"
 msg = head + (b"y" * 76 + b"\\r\\n") * ({size} // 78)

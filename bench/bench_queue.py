@@ -1,6 +1,6 @@
 """Daemon start-up time and memory with a big queue (100,000 messages), relay down; the queue CLI.
 
-The queue is a fixture written straight to disk in the agent/envelope.py format (no fsync, see
+The queue is a fixture written straight to disk in the agent/queue/queue_file.py format (no fsync, see
 common.write_queue_files). The relay is a stand-in that is down, so nothing drains and every
 attempt defers. Start-up = spawn of `relay-agent run` until the Unix socket answers 220 (polled
 every 10 ms). Memory: VmRSS at that moment and VmRSS/VmHWM after `--settle` seconds of the

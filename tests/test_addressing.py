@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.addressing import (
+from agent.errors import MessageError, UnknownRecipientError
+from agent.mail.addressing import (
     local_names,
     parse_address_list,
     parse_sender,
@@ -15,7 +16,6 @@ from agent.addressing import (
     resolve_recipient,
     rewrite_sender,
 )
-from agent.errors import MessageError, UnknownRecipientError
 
 NAMES = local_names("web1.example.net")
 
@@ -161,7 +161,7 @@ def test_structural_characters_raise_only_message_error(text: str) -> None:
 @given(st.text(alphabet='ab@.,;:<>()"\\ \tx\x0b\u3000é', max_size=30))
 def test_fast_paths_agree_with_the_general_parser(text: str) -> None:
     """`a@b` and `Name <a@b>` skip _chunks/_mailbox: same addresses, same errors."""
-    from agent.addressing import _chunks, _mailbox
+    from agent.mail.addressing import _chunks, _mailbox
 
     def outcome(parse: Callable[[], list[str]]) -> object:
         try:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent import config
-from agent.cleanup import Cleanup, Prepared
-from agent.committer import Committer
-from agent.dkim_sign import Signer
+from agent.dkim.signing import Signer
 from agent.errors import TempError
-from agent.queue import Queue
+from agent.intake.cleanup import Cleanup, Prepared
+from agent.intake.committer import Committer
+from agent.queue.store import Queue
 from tests.support.agent_env import AgentEnv
 from tests.support.dnsmasq import DnsServer
 from tests.support.verify import dkim_dns_records, verify_dkimpy, verify_perl

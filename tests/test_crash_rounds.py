@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope, queue_ids
-from agent.queue import Queue
+from agent.queue import ids, queue_file
+from agent.queue.store import Queue
 from bench import crash_rounds
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
@@ -60,8 +60,8 @@ def test_maildrop_file_of_an_already_queued_message_is_removed_at_start(
     qids = []
     for name in names:  # what the killed daemon had entered: the queue file of each
         path = env.maildrop / name
-        env_, message = envelope.decode(path.read_bytes())
-        qids.append(q.enter(env_, message, queue_ids.qid_for(name, os.lstat(path), q.key())))
+        env_, message = queue_file.decode(path.read_bytes())
+        qids.append(q.enter(env_, message, ids.qid_for(name, os.lstat(path), q.key())))
     env.start()
     try:
         got = relay_standin.wait_for(5, timeout=15)
@@ -114,7 +114,9 @@ def test_a_queued_copy_is_not_sent_while_its_maildrop_file_cannot_be_removed(
 def test_recover_removes_unacknowledged_tmp_files_saying_what_each_was(tmp_path: Path) -> None:
     q = Queue(str(tmp_path / "queue"))
     q.ensure_dirs()
-    full = envelope.encode(envelope.Envelope("a@b.c", ("d@e.f",), 1.0, (), 0), b"Subject: x\r\n\r\nhi\r\n")
+    full = queue_file.encode(
+        queue_file.Envelope("a@b.c", ("d@e.f",), 1.0, (), 0), b"Subject: x\r\n\r\nhi\r\n"
+    )
     tmp = Path(q.tmp)
     (tmp / "1D28CC186EFBB1EB").write_bytes(full)  # complete, just never renamed: still removed
     (tmp / "1D28CC186EFBB1EC.spool").write_bytes(full[:20])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config, RelayConfig
-from agent.credentials import NO_BACKEND, find_password
 from agent.errors import ConfigError
+from agent.relay.credentials import NO_BACKEND, find_password
 from tests.support.relay_standin import RelayStandin
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,7 +126,7 @@ def run(
 
 
 def cli(cmd: str, cfg: Path, tmp_path: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    return run(["-m", "agent.cli_credentials", cmd, "--config", str(cfg)], tmp_path, **kw)  # type: ignore[arg-type]
+    return run(["-m", "agent.cli.credentials", cmd, "--config", str(cfg)], tmp_path, **kw)  # type: ignore[arg-type]
 
 
 def config_file(tmp_path: Path, relay: RelayStandin | None = None, extra: str = "") -> Path:
@@ -146,7 +146,7 @@ def test_keyring_set_then_lookup_and_check(tmp_path: Path, relay_standin: RelayS
     assert relay_standin.password not in r.stdout + r.stderr
     # What was stored is exactly the line given, found through the keyring source.
     probe = (
-        "import sys; from agent import config, credentials; "
+        "import sys; from agent import config; from agent.relay import credentials; "
         "f = credentials.find_password(config.load(sys.argv[1])); "
         "print(f[1]); print(f[0] == sys.argv[2])"
     )
@@ -161,7 +161,7 @@ def test_keyring_set_then_lookup_and_check(tmp_path: Path, relay_standin: RelayS
 
 def test_no_keyring_backend(tmp_path: Path) -> None:
     cfg = config_file(tmp_path)
-    r = run(["-c", "from agent.credentials import keyring_status; print(keyring_status())"], tmp_path)
+    r = run(["-c", "from agent.relay.credentials import keyring_status; print(keyring_status())"], tmp_path)
     assert r.stdout.strip() == NO_BACKEND
     r = cli("set", cfg, tmp_path, stdin="pw-123456\n")
     assert r.returncode == 78 and r.stderr.strip() == f"relay-agent: {NO_BACKEND}"

@@ -10,9 +10,9 @@ from aiosmtplib.response import SMTPResponse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import backoff
 from agent.config import QueueConfig
-from agent.delivery_outcome import (
+from agent.delivery import backoff
+from agent.delivery.decisions import (
     Disposition,
     NoBounce,
     Outcome,
@@ -24,11 +24,11 @@ from agent.delivery_outcome import (
     outcome,
     triage,
 )
-from agent.envelope import Envelope
-from agent.queue_state import FAILED, PENDING, SENT, State
-from agent.relay_errors import RelayError
-from agent.relay_results import Outcome as RelayOutcome
-from agent.relay_results import RcptResult, refuse_all
+from agent.queue.queue_file import Envelope
+from agent.queue.state_file import FAILED, PENDING, SENT, State
+from agent.relay.failures import RelayError
+from agent.relay.results import Outcome as RelayOutcome
+from agent.relay.results import RcptResult, refuse_all
 
 Q = QueueConfig(failed_keep=604800, retry_initial=60.0, retry_max=3600.0, max_age=432000.0, bounce=True)
 CREATED = 1_700_000_000.0

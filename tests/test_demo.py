@@ -17,10 +17,10 @@ import dkim
 import pytest
 
 from agent import config as config_mod
-from agent import demo as demo_mod
-from agent import dkim_keys
-from agent.demo import ALIAS_ROOT, PASSWORD_ENV, USER, config_toml, dkim_verdicts, status_lines
-from agent.demo_relay import DemoRelay
+from agent.demo import tour
+from agent.demo.smarthost import DemoRelay
+from agent.demo.tour import ALIAS_ROOT, PASSWORD_ENV, USER, config_toml, dkim_verdicts, status_lines
+from agent.dkim import key_files
 
 RELAY_AGENT = str(Path(sys.executable).parent / "relay-agent")
 PASSWORD = "Demo-Pw-7f3a9c1e-never-print-me"
@@ -33,8 +33,8 @@ def relay(tmp_path: Path) -> Iterator[DemoRelay]:
 
 
 @pytest.fixture(scope="module")
-def signing_key() -> dkim_keys.PrivateKey:
-    return dkim_keys.generate("rsa", 2048)
+def signing_key() -> key_files.PrivateKey:
+    return key_files.generate("rsa", 2048)
 
 
 # ----- the whole demo, as a subprocess ----------------------------------------------------------
@@ -63,9 +63,9 @@ def test_demo_reports_failure_when_the_tools_fail(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Every console script replaced by `false`: the demo must say so and exit 1, not claim success.
-    monkeypatch.setattr(demo_mod, "tool", lambda name, fallback: ["false"])
+    monkeypatch.setattr(tour, "tool", lambda name, fallback: ["false"])
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    assert demo_mod.main() == 1
+    assert tour.main() == 1
     out = capsys.readouterr().out
     assert "FAILED: sendmail (daemon down) exited 1" in out
     assert "FAILED: daemon exited 1" in out
@@ -131,9 +131,9 @@ def test_config_is_valid_and_keeps_everything_in_the_temp_dir(tmp_path: Path) ->
     assert "password" not in text
 
 
-def _sign(key: dkim_keys.PrivateKey, message: bytes) -> bytes:
+def _sign(key: key_files.PrivateKey, message: bytes) -> bytes:
     sig = dkim.sign(
-        message, b"demo", b"demo.example", dkim_keys.private_pem(key), include_headers=[b"from", b"subject"]
+        message, b"demo", b"demo.example", key_files.private_pem(key), include_headers=[b"from", b"subject"]
     )
     return bytes(sig) + message
 
@@ -141,20 +141,20 @@ def _sign(key: dkim_keys.PrivateKey, message: bytes) -> bytes:
 MESSAGE = b"From: app@demo.example\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
-def test_dkim_verdict_passes_only_for_the_published_key(signing_key: dkim_keys.PrivateKey) -> None:
+def test_dkim_verdict_passes_only_for_the_published_key(signing_key: key_files.PrivateKey) -> None:
     signed = _sign(signing_key, MESSAGE)
-    records = {"demo._domainkey.demo.example": dkim_keys.txt_value(signing_key)}
+    records = {"demo._domainkey.demo.example": key_files.txt_value(signing_key)}
     assert dkim_verdicts(signed, records) == [(True, "pass (d=demo.example s=demo, rsa-sha256)")]
-    other = {"demo._domainkey.demo.example": dkim_keys.txt_value(dkim_keys.generate("rsa", 2048))}
+    other = {"demo._domainkey.demo.example": key_files.txt_value(key_files.generate("rsa", 2048))}
     assert dkim_verdicts(signed, other) == [(False, "fail (d=demo.example s=demo, rsa-sha256)")]
     assert dkim_verdicts(signed, {})[0][0] is False
 
 
 def test_dkim_verdict_fails_a_tampered_body_and_an_unsigned_message(
-    signing_key: dkim_keys.PrivateKey,
+    signing_key: key_files.PrivateKey,
 ) -> None:
     signed = _sign(signing_key, MESSAGE)
-    records = {"demo._domainkey.demo.example": dkim_keys.txt_value(signing_key)}
+    records = {"demo._domainkey.demo.example": key_files.txt_value(signing_key)}
     assert dkim_verdicts(signed.replace(b"body", b"b0dy"), records)[0][0] is False
     assert dkim_verdicts(MESSAGE, records) == []
 

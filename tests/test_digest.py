@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, digest
+from agent import config
+from agent.submit import config_cache
 
 TOML = """
 [queue]
@@ -45,7 +46,7 @@ def cfg_path(tmp_path: Path) -> Path:
 
 def test_build_holds_exactly_what_sendmail_needs(cfg_path: Path) -> None:
     cfg = config.load(str(cfg_path))
-    d = digest.build(cfg)
+    d = config_cache.build(cfg)
     st = cfg_path.stat()
     assert d == {
         "version": 1,
@@ -67,46 +68,46 @@ def test_build_holds_exactly_what_sendmail_needs(cfg_path: Path) -> None:
 
 def test_write_then_load_roundtrip(cfg_path: Path) -> None:
     cfg = config.load(str(cfg_path))
-    assert digest.write(cfg)
+    assert config_cache.write(cfg)
     dpath = cfg_path.parent / ".config.toml.digest"
     assert dpath.stat().st_mode & 0o777 == 0o644
-    assert digest.load(str(cfg_path)) == digest.build(cfg)
+    assert config_cache.load(str(cfg_path)) == config_cache.build(cfg)
     assert [p.name for p in cfg_path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_stale_after_edit_or_replace(cfg_path: Path) -> None:
-    assert digest.write(config.load(str(cfg_path)))
+    assert config_cache.write(config.load(str(cfg_path)))
     st = cfg_path.stat()
     os.utime(cfg_path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
-    assert digest.load(str(cfg_path)) is None
-    assert digest.write(config.load(str(cfg_path)))
-    assert digest.load(str(cfg_path)) is not None
+    assert config_cache.load(str(cfg_path)) is None
+    assert config_cache.write(config.load(str(cfg_path)))
+    assert config_cache.load(str(cfg_path)) is not None
     # same size and mtime, new inode (editors that write a new file and rename it)
     new = cfg_path.parent / "new.toml"
     new.write_text(TOML)
     os.utime(new, ns=(st.st_atime_ns, cfg_path.stat().st_mtime_ns))
     new.replace(cfg_path)
-    assert digest.load(str(cfg_path)) is None
+    assert config_cache.load(str(cfg_path)) is None
 
 
 def test_untrusted_digests_are_ignored(cfg_path: Path) -> None:
-    assert digest.write(config.load(str(cfg_path)))
+    assert config_cache.write(config.load(str(cfg_path)))
     dpath = cfg_path.parent / ".config.toml.digest"
     dpath.chmod(0o664)
-    assert digest.load(str(cfg_path)) is None
+    assert config_cache.load(str(cfg_path)) is None
     dpath.chmod(0o644)
     os.chown(dpath, 65534, 65534)  # neither root nor the config's owner
-    assert digest.load(str(cfg_path)) is None
+    assert config_cache.load(str(cfg_path)) is None
     os.chown(dpath, 0, 0)
-    assert digest.load(str(cfg_path)) is not None
+    assert config_cache.load(str(cfg_path)) is not None
     dpath.write_bytes(b"\x00garbage")
-    assert digest.load(str(cfg_path)) is None
+    assert config_cache.load(str(cfg_path)) is None
 
 
 def test_missing_config_or_digest(tmp_path: Path, cfg_path: Path) -> None:
-    assert digest.load(str(tmp_path / "nope.toml")) is None
-    assert digest.load(str(cfg_path)) is None
-    assert digest.write(config.from_dict({})) is False  # no config file: nothing to tie a digest to
+    assert config_cache.load(str(tmp_path / "nope.toml")) is None
+    assert config_cache.load(str(cfg_path)) is None
+    assert config_cache.write(config.from_dict({})) is False  # no config file: nothing to tie a digest to
 
 
 def test_write_to_unwritable_dir_returns_false() -> None:
@@ -116,8 +117,8 @@ def test_write_to_unwritable_dir_returns_false() -> None:
         cfg_path = Path(tmp) / "config.toml"
         cfg_path.write_text(TOML)
         code = (
-            "import sys; from agent import config, digest;"
-            f"sys.exit(0 if digest.write(config.load({str(cfg_path)!r})) is False else 1)"
+            "import sys; from agent import config; from agent.submit import config_cache;"
+            f"sys.exit(0 if config_cache.write(config.load({str(cfg_path)!r})) is False else 1)"
         )
         run = subprocess.run(
             [

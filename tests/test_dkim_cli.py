@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dkim
 
-from agent import dkim_keys
+from agent.dkim import key_files
 from tests.support.verify import verify_dkimpy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RELAY_AGENT_CONFIG", None)
     return subprocess.run(
-        [sys.executable, "-c", "from agent.cli_dkim import app; app()", *args],
+        [sys.executable, "-c", "from agent.cli.dkim import app; app()", *args],
         cwd=cwd or ROOT,
         capture_output=True,
         text=True,
@@ -47,9 +47,9 @@ def test_keygen_rsa_writes_0600_key_and_matching_record(tmp_path: Path) -> None:
     name, strings = record_strings(proc.stdout)
     assert name == "relay2026._domainkey.example.com"
     assert len(strings) >= 2 and all(len(s) <= 255 for s in strings)
-    key = dkim_keys.load_private_key(str(key_path))
-    assert "".join(strings) == dkim_keys.txt_value(key)
-    assert dkim_keys.key_type(key) == "rsa" and key.key_size == 2048  # type: ignore[union-attr]
+    key = key_files.load_private_key(str(key_path))
+    assert "".join(strings) == key_files.txt_value(key)
+    assert key_files.key_type(key) == "rsa" and key.key_size == 2048  # type: ignore[union-attr]
     assert 'key_file = "' in proc.stdout and "[[dkim]]" in proc.stdout
     # the printed record really verifies a signature made with the written key
     msg = b"From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n"
@@ -63,7 +63,7 @@ def test_keygen_ed25519_default_dir_and_refuses_overwrite(tmp_path: Path) -> Non
     assert first.returncode == 0, first.stderr
     key_path = tmp_path / "example.org.ed.pem"
     _, strings = record_strings(first.stdout)
-    assert "".join(strings) == dkim_keys.txt_value(dkim_keys.load_private_key(str(key_path)))
+    assert "".join(strings) == key_files.txt_value(key_files.load_private_key(str(key_path)))
     before = key_path.read_bytes()
     again = run(*args, cwd=tmp_path)
     assert again.returncode == 78

@@ -1,4 +1,4 @@
-"""agent.dkim_dns_deferred: the daemon imports dkimpy without dnspython (~3 MB of RSS),
+"""agent.dkim.dns_deferred: the daemon imports dkimpy without dnspython (~3 MB of RSS),
 and a lookup through dkimpy still works, importing it then. Fresh interpreters each."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from tests.support.dnsmasq import DnsServer
 
 PROBE = """
 import sys
-from agent import dkim_dns_deferred
-dkim_dns_deferred.defer()
+from agent.dkim import dns_deferred
+dns_deferred.defer()
 import agent.daemon, dkim
 print("dns" in sys.modules)
 import dns.resolver

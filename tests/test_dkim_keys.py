@@ -1,4 +1,4 @@
-"""agent.dkim_keys: loading (with the permission check), generating, writing, DNS records."""
+"""agent.dkim.key_files: loading (with the permission check), generating, writing, DNS records."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from agent import dkim_keys
+from agent.dkim import key_files
 from agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,49 +22,49 @@ DROP = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 @pytest.fixture(scope="module")
-def rsa_key() -> dkim_keys.PrivateKey:
-    return dkim_keys.generate("rsa", 2048)
+def rsa_key() -> key_files.PrivateKey:
+    return key_files.generate("rsa", 2048)
 
 
-def test_write_is_0600_and_never_overwrites(tmp_path: Path, rsa_key: dkim_keys.PrivateKey) -> None:
+def test_write_is_0600_and_never_overwrites(tmp_path: Path, rsa_key: key_files.PrivateKey) -> None:
     path = str(tmp_path / "k.pem")
     old = os.umask(0)
     try:
-        dkim_keys.write_private_key(rsa_key, path)
+        key_files.write_private_key(rsa_key, path)
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o600
     before = Path(path).read_bytes()
     with pytest.raises(ConfigError, match="already exists"):
-        dkim_keys.write_private_key(dkim_keys.generate("ed25519", 0), path)
+        key_files.write_private_key(key_files.generate("ed25519", 0), path)
     assert Path(path).read_bytes() == before
-    loaded = dkim_keys.load_private_key(path)
-    assert dkim_keys.public_key_b64(loaded) == dkim_keys.public_key_b64(rsa_key)
+    loaded = key_files.load_private_key(path)
+    assert key_files.public_key_b64(loaded) == key_files.public_key_b64(rsa_key)
 
 
-def test_key_readable_by_others_is_refused(tmp_path: Path, rsa_key: dkim_keys.PrivateKey) -> None:
+def test_key_readable_by_others_is_refused(tmp_path: Path, rsa_key: key_files.PrivateKey) -> None:
     path = str(tmp_path / "k.pem")
-    dkim_keys.write_private_key(rsa_key, path)
+    key_files.write_private_key(rsa_key, path)
     for mode in (0o644, 0o640, 0o604):
         os.chmod(path, mode)
         with pytest.raises(ConfigError) as err:
-            dkim_keys.load_private_key(path)
+            key_files.load_private_key(path)
         assert (
             err.value.message == f"key file {path} is readable by others (mode {mode:04o}); chmod 600 {path}"
         )
         assert "\n" not in err.value.message
     os.chmod(path, 0o400)
-    assert dkim_keys.key_type(dkim_keys.load_private_key(path)) == "rsa"
+    assert key_files.key_type(key_files.load_private_key(path)) == "rsa"
 
 
 def test_load_errors_are_one_line_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open"):
-        dkim_keys.load_private_key(str(tmp_path / "missing.pem"))
+        key_files.load_private_key(str(tmp_path / "missing.pem"))
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"not a key\n")
     garbage.chmod(0o600)
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
-        dkim_keys.load_private_key(str(garbage))
+        key_files.load_private_key(str(garbage))
     ec_key = tmp_path / "ec.pem"
     ec_key.write_bytes(
         ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -73,25 +73,25 @@ def test_load_errors_are_one_line_config_errors(tmp_path: Path) -> None:
     )
     ec_key.chmod(0o600)
     with pytest.raises(ConfigError, match="not an RSA or Ed25519 key"):
-        dkim_keys.load_private_key(str(ec_key))
+        key_files.load_private_key(str(ec_key))
     with pytest.raises(ConfigError, match="not a regular file"):
-        dkim_keys.load_private_key(str(tmp_path))
+        key_files.load_private_key(str(tmp_path))
 
 
-def test_unreadable_key_for_unprivileged_user(rsa_key: dkim_keys.PrivateKey) -> None:
+def test_unreadable_key_for_unprivileged_user(rsa_key: key_files.PrivateKey) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
     # pytest's tmp_path sits under a 0700 directory: use one that nobody can traverse
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         os.chmod(tmp, 0o755)
         private, shared = os.path.join(tmp, "root-only.pem"), os.path.join(tmp, "shared.pem")
-        dkim_keys.write_private_key(rsa_key, private)
-        dkim_keys.write_private_key(rsa_key, shared)
+        key_files.write_private_key(rsa_key, private)
+        key_files.write_private_key(rsa_key, shared)
         os.chmod(shared, 0o644)
         code = (
-            "import sys\nfrom agent import dkim_keys\nfrom agent.errors import ConfigError\n"
+            "import sys\nfrom agent.dkim import key_files\nfrom agent.errors import ConfigError\n"
             "for path in sys.argv[1:]:\n"
-            "    try:\n        dkim_keys.load_private_key(path)\n"
+            "    try:\n        key_files.load_private_key(path)\n"
             "    except ConfigError as e:\n        print(e.message)\n"
         )
         proc = subprocess.run(
@@ -109,16 +109,16 @@ def test_unreadable_key_for_unprivileged_user(rsa_key: dkim_keys.PrivateKey) -> 
 
 
 def test_public_key_encodings() -> None:
-    ed = dkim_keys.generate("ed25519", 0)
-    raw = base64.b64decode(dkim_keys.public_key_b64(ed))
+    ed = key_files.generate("ed25519", 0)
+    raw = base64.b64decode(key_files.public_key_b64(ed))
     assert len(raw) == 32  # RFC 8463: the bare key, not SubjectPublicKeyInfo
     assert isinstance(ed, ed25519.Ed25519PrivateKey)
     assert ed25519.Ed25519PublicKey.from_public_bytes(raw) == ed.public_key()
-    assert dkim_keys.txt_value(ed) == f"v=DKIM1; k=ed25519; p={dkim_keys.public_key_b64(ed)}"
+    assert key_files.txt_value(ed) == f"v=DKIM1; k=ed25519; p={key_files.public_key_b64(ed)}"
 
 
-def test_rsa_record_round_trips(rsa_key: dkim_keys.PrivateKey) -> None:
-    value = dkim_keys.txt_value(rsa_key)
+def test_rsa_record_round_trips(rsa_key: key_files.PrivateKey) -> None:
+    value = key_files.txt_value(rsa_key)
     assert value.startswith("v=DKIM1; k=rsa; p=MII")
     der = base64.b64decode(value.split("p=", 1)[1])
     pub = serialization.load_der_public_key(der)
@@ -128,9 +128,9 @@ def test_rsa_record_round_trips(rsa_key: dkim_keys.PrivateKey) -> None:
 
 @pytest.mark.parametrize("bits", [2048, 4096])
 def test_zone_record_is_one_line_of_short_strings(bits: int) -> None:
-    key = dkim_keys.generate("rsa", bits)
-    value = dkim_keys.txt_value(key)
-    line = dkim_keys.zone_record("Example.com.", "relay2026", value)
+    key = key_files.generate("rsa", bits)
+    value = key_files.txt_value(key)
+    line = key_files.zone_record("Example.com.", "relay2026", value)
     assert "\n" not in line
     m = re.fullmatch(r'relay2026\._domainkey\.Example\.com\. IN TXT \( ((?:"[^"]*" ?)+) \)', line)
     assert m, line
@@ -142,6 +142,6 @@ def test_zone_record_is_one_line_of_short_strings(bits: int) -> None:
 
 def test_generate_rejects_bad_parameters() -> None:
     with pytest.raises(ConfigError, match="rsa or ed25519"):
-        dkim_keys.generate("dsa", 2048)
+        key_files.generate("dsa", 2048)
     with pytest.raises(ConfigError, match="2048"):
-        dkim_keys.generate("rsa", 1024)
+        key_files.generate("rsa", 1024)

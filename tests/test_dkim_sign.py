@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import dkim_keys, longlines
 from agent.config import Config, DkimKey, from_dict
-from agent.dkim_sign import CANON, Signer, include_headers, parse, relaxed_body
+from agent.dkim import key_files
+from agent.dkim.signing import CANON, Signer, include_headers, parse, relaxed_body
 from agent.errors import ConfigError, MessageError
+from agent.mail import longlines
 from tests.support.dnsmasq import DnsServer
 from tests.support.verify import (
     dkim_dns_records,
@@ -44,7 +45,7 @@ def _cfg(entries: list[tuple[str, str, Path]]) -> Config:
 def keydir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("keys")
     for name, alg in [("rsa", "rsa"), ("ed", "ed25519"), ("other", "rsa")]:
-        dkim_keys.write_private_key(dkim_keys.generate(alg, 2048), str(d / f"{name}.pem"))
+        key_files.write_private_key(key_files.generate(alg, 2048), str(d / f"{name}.pem"))
     return d
 
 
@@ -78,8 +79,8 @@ def dns(records: dict[str, list[tuple[str, ...]]]) -> Iterator[DnsServer]:
 @pytest.fixture(scope="module")
 def pubkeys(cfg: Config) -> dict[str, str]:
     return {
-        dkim_keys.record_name(k.domain, k.selector): dkim_keys.public_key_b64(
-            dkim_keys.load_private_key(k.key_file)
+        key_files.record_name(k.domain, k.selector): key_files.public_key_b64(
+            key_files.load_private_key(k.key_file)
         )
         for k in cfg.dkim
     }

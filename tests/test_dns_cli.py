@@ -16,7 +16,7 @@ import pytest
 from dns import message as dns_message
 from dns import rcode as dns_rcode
 
-from agent import dkim_keys
+from agent.dkim import key_files
 from tests.support import dnsmasq
 from tests.support.dnsmasq import free_udp_port
 from tests.test_dnscheck import GOOD_SPF, TOKEN, USER, DnsServer, Keys, dkim_txt, good
@@ -58,7 +58,7 @@ def write_config(
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RELAY_AGENT_CONFIG"}
-    code = "from agent.cli_dns import app; app()"
+    code = "from agent.cli.dns import app; app()"
     cmd = [PYTHON, "-c", code, "check", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -89,7 +89,7 @@ def test_fail_exit_1_with_publish_lines(dns: dnsmasq.DnsServer, keys: Keys, tmp_
     spf = lines.index("bad.example spf FAIL no SPF record")
     assert lines[spf + 1] == '  publish: bad.example. IN TXT "v=spf1 include:elastx.email -all"'
     dkim = next(i for i, ln in enumerate(lines) if ln.startswith("bad.example dkim FAIL"))
-    want = dkim_keys.zone_record("bad.example", "sel", dkim_keys.txt_value(keys.rsa))
+    want = key_files.zone_record("bad.example", "sel", key_files.txt_value(keys.rsa))
     assert lines[dkim + 1] == f"  publish: {want}"
     assert sum(ln.startswith("  publish: ") for ln in lines) == 2
 

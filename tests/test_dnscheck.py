@@ -15,12 +15,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from agent import config, dkim_keys, dnscheck, dnsquery
-from agent.dnscheck import FAIL, PASS, WARN, CheckResult
+from agent import config
+from agent.dkim import key_files
+from agent.dns import domain_check, query
+from agent.dns.result import FAIL, PASS, WARN, CheckResult
+from agent.dns.token import token_for
+from agent.dns.txt_record import zone_txt
 from tests.support import dnsmasq
 
 USER = "user@domain.com"
-TOKEN = dnscheck.token_for(USER)
+TOKEN = token_for(USER)
 GOOD_SPF = "v=spf1 include:elastx.email -all"
 GOOD_DMARC = "v=DMARC1; p=reject; rua=mailto:dmarc@example.net"
 
@@ -28,7 +32,7 @@ GOOD_DMARC = "v=DMARC1; p=reject; rua=mailto:dmarc@example.net"
 DnsServer = dnsmasq.DnsServer
 
 
-def write_key(key: dkim_keys.PrivateKey, path: Path) -> str:
+def write_key(key: key_files.PrivateKey, path: Path) -> str:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -37,14 +41,14 @@ def write_key(key: dkim_keys.PrivateKey, path: Path) -> str:
     return str(path)
 
 
-def dkim_txt(key: dkim_keys.PrivateKey, **override: str) -> tuple[str, ...]:
+def dkim_txt(key: key_files.PrivateKey, **override: str) -> tuple[str, ...]:
     """The key's record as served: several character-strings of <= 255 octets."""
-    tags = {"v": "DKIM1", "k": dkim_keys.key_type(key), "p": dkim_keys.public_key_b64(key)}
+    tags = {"v": "DKIM1", "k": key_files.key_type(key), "p": key_files.public_key_b64(key)}
     tags.update(override)
-    return tuple(dkim_keys.split_txt("; ".join(f"{k}={v}" for k, v in tags.items())))
+    return tuple(key_files.split_txt("; ".join(f"{k}={v}" for k, v in tags.items())))
 
 
-def good(domain: str, key: dkim_keys.PrivateKey, selector: str = "sel") -> dict[str, list[Any]]:
+def good(domain: str, key: key_files.PrivateKey, selector: str = "sel") -> dict[str, list[Any]]:
     return {
         domain: [TOKEN, GOOD_SPF],
         f"{selector}._domainkey.{domain}": [dkim_txt(key)],
@@ -66,7 +70,7 @@ def cases(k: Keys) -> dict[str, dict[str, list[Any]]]:
     c: dict[str, dict[str, list[Any]]] = {}
     c["ok.example"] = good("ok.example", k.rsa)
     c["tok-missing.example"] = good("tok-missing.example", k.rsa) | {"tok-missing.example": [GOOD_SPF]}
-    other = dnscheck.token_for("someone@else.example")
+    other = token_for("someone@else.example")
     c["tok-other.example"] = good("tok-other.example", k.rsa) | {"tok-other.example": [other, GOOD_SPF]}
     c["tok-both.example"] = good("tok-both.example", k.rsa) | {"tok-both.example": [other, TOKEN, GOOD_SPF]}
     for name, spf in {
@@ -102,7 +106,7 @@ def cases(k: Keys) -> dict[str, dict[str, list[Any]]]:
         "dkim-revoked": [("v=DKIM1; k=rsa; p=",)],
         "dkim-two": [dkim_txt(k.rsa), dkim_txt(k.other)],
         "dkim-nov": [(dkim_txt(k.rsa)[0].removeprefix("v=DKIM1; "), *dkim_txt(k.rsa)[1:])],
-        "dkim-vlate": [tuple(dkim_keys.split_txt("k=rsa; v=DKIM1; p=" + dkim_keys.public_key_b64(k.rsa)))],
+        "dkim-vlate": [tuple(key_files.split_txt("k=rsa; v=DKIM1; p=" + key_files.public_key_b64(k.rsa)))],
     }
     for name, rec in dkim_cases.items():
         d = f"{name}.example"
@@ -163,7 +167,7 @@ def make_cfg(keys: Keys, dkim: Sequence[tuple[str, str]] = (), **sections: dict[
 
 
 def run(dns: dnsmasq.DnsServer, cfg: config.Config, domain: str) -> dict[str, CheckResult]:
-    results = dnscheck.run_checks(cfg, [domain], dns.nameserver)
+    results = domain_check.run_checks(cfg, [domain], dns.nameserver)
     assert [r.check for r in results] == ["token", "spf", "dkim", "dmarc"]
     assert all(r.domain == domain for r in results)
     return {r.check: r for r in results}
@@ -205,14 +209,14 @@ def test_token_missing(dns: dnsmasq.DnsServer, keys: Keys) -> None:
 
 def test_token_of_other_account_only(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     r = check(dns, keys, "tok-other.example")["token"]
-    assert_fail(r, dnscheck.token_for("someone@else.example"))
+    assert_fail(r, token_for("someone@else.example"))
     assert r.fix == f'tok-other.example. IN TXT "{TOKEN}"'
 
 
 def test_token_present_beside_other_account(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     r = check(dns, keys, "tok-both.example")["token"]
     assert r.status == PASS
-    assert dnscheck.token_for("someone@else.example") in r.detail
+    assert token_for("someone@else.example") in r.detail
 
 
 def test_token_without_username(dns: dnsmasq.DnsServer, keys: Keys) -> None:
@@ -310,11 +314,11 @@ def test_spf_include_loop_is_permerror(dns: dnsmasq.DnsServer, keys: Keys) -> No
 def test_dkim_missing_fix_is_one_line_of_strings(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     r = check(dns, keys, "dkim-missing.example")["dkim"]
     assert_fail(r, "no DKIM record at sel._domainkey.dkim-missing.example")
-    assert r.fix == dkim_keys.zone_record("dkim-missing.example", "sel", dkim_keys.txt_value(keys.rsa))
+    assert r.fix == key_files.zone_record("dkim-missing.example", "sel", key_files.txt_value(keys.rsa))
     assert r.fix is not None and "\n" not in r.fix
     strings = re.findall(r'"([^"]*)"', r.fix)
     assert len(strings) >= 2 and all(len(s) <= 255 for s in strings)
-    assert "".join(strings) == dkim_keys.txt_value(keys.rsa)
+    assert "".join(strings) == key_files.txt_value(keys.rsa)
 
 
 def test_dkim_wrong_key(dns: dnsmasq.DnsServer, keys: Keys) -> None:
@@ -433,21 +437,21 @@ def test_default_domains_from_config(keys: Keys) -> None:
         [("a.example", keys.rsa_file), ("b.example", keys.rsa_file), ("a.example", keys.ed_file)],
         sender={"default_from": "cron@B.example"},
     )
-    assert dnscheck.sender_domains(cfg) == ["a.example", "b.example"]
+    assert domain_check.sender_domains(cfg) == ["a.example", "b.example"]
     cfg2 = make_cfg(keys, [("a.example", keys.rsa_file)], sender={"default_from": "cron@c.example"})
-    assert dnscheck.sender_domains(cfg2) == ["a.example", "c.example"]
+    assert domain_check.sender_domains(cfg2) == ["a.example", "c.example"]
 
 
 def test_two_keys_for_one_domain_give_two_dkim_lines(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     cfg = make_cfg(keys, [("ok.example", keys.rsa_file), ("ok.example", keys.ed_file)])
-    results = dnscheck.run_checks(cfg, None, dns.nameserver)
+    results = domain_check.run_checks(cfg, None, dns.nameserver)
     assert [r.check for r in results] == ["token", "spf", "dkim", "dkim", "dmarc"]
     assert [r.status for r in results if r.check == "dkim"] == [PASS, FAIL]  # same selector, other key
 
 
 def test_text_format(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     results = list(check(dns, keys, "spf-missing.example").values())
-    lines = dnscheck.format_text(results).splitlines()
+    lines = domain_check.format_text(results).splitlines()
     assert lines[0].startswith("spf-missing.example token PASS ")
     assert lines[1] == "spf-missing.example spf FAIL no SPF record"
     assert lines[2] == '  publish: spf-missing.example. IN TXT "v=spf1 include:elastx.email -all"'
@@ -456,7 +460,7 @@ def test_text_format(dns: dnsmasq.DnsServer, keys: Keys) -> None:
 
 
 def test_zone_txt_splits_long_values() -> None:
-    line = dnscheck.zone_txt("x.example", "a" * 300)
+    line = zone_txt("x.example", "a" * 300)
     assert line == f'x.example. IN TXT "{"a" * 255}" "{"a" * 45}"'
 
 
@@ -469,8 +473,8 @@ def silent_udp() -> socket.socket:
 def test_dead_nameserver_raises_dns_error_quickly(keys: Keys) -> None:
     with silent_udp() as s:
         start = time.monotonic()
-        with pytest.raises(dnsquery.DnsError) as info:
-            dnscheck.run_checks(make_cfg(keys), ["ok.example"], f"127.0.0.1:{s.getsockname()[1]}")
+        with pytest.raises(query.DnsError) as info:
+            domain_check.run_checks(make_cfg(keys), ["ok.example"], f"127.0.0.1:{s.getsockname()[1]}")
     assert time.monotonic() - start < 6
     assert info.value.exit_code == 2
     assert info.value.message.startswith("DNS query for ok.example failed: ")
@@ -478,22 +482,22 @@ def test_dead_nameserver_raises_dns_error_quickly(keys: Keys) -> None:
 
 def test_startup_warnings(dns: dnsmasq.DnsServer, keys: Keys) -> None:
     cfg = make_cfg(keys, [("spf-missing.example", keys.rsa_file)], dns={"nameserver": dns.nameserver})
-    assert dnscheck.startup_warnings(cfg) == [
+    assert domain_check.startup_warnings(cfg) == [
         "spf-missing.example spf FAIL no SPF record; "
         'publish: spf-missing.example. IN TXT "v=spf1 include:elastx.email -all"'
     ]
-    assert dnscheck.startup_warnings(make_cfg(keys)) == []  # nothing configured to check
+    assert domain_check.startup_warnings(make_cfg(keys)) == []  # nothing configured to check
 
 
 def test_startup_warnings_never_raise(dns: dnsmasq.DnsServer, keys: Keys, tmp_path: Path) -> None:
     with silent_udp() as s:
         dead = {"nameserver": f"127.0.0.1:{s.getsockname()[1]}"}
         cfg = make_cfg(keys, [("ok.example", keys.rsa_file)], dns=dead)
-        (warning,) = dnscheck.startup_warnings(cfg)
+        (warning,) = domain_check.startup_warnings(cfg)
     assert warning.startswith("checks not done: DNS query for ok.example failed")
     live = {"nameserver": dns.nameserver}
     unreadable = make_cfg(keys, [("ok.example", str(tmp_path / "nope.pem"))], dns=live)
-    (warning,) = dnscheck.startup_warnings(unreadable)
+    (warning,) = domain_check.startup_warnings(unreadable)
     assert "nope.pem" in warning
 
 
@@ -540,7 +544,7 @@ def test_dkim_pass_means_dkimpy_verifies(dns: dnsmasq.DnsServer, keys: Keys) -> 
     """A PASS record is one a real verifier accepts for a signature made with the local key."""
     import dkim
 
-    lookup = dnsquery.make_lookup(dns.nameserver)
+    lookup = query.make_lookup(dns.nameserver)
     msg = b"From: a@ok.example\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nhello\r\n"
     pem = keys.rsa.private_bytes(
         serialization.Encoding.PEM,
@@ -553,4 +557,4 @@ def test_dkim_pass_means_dkimpy_verifies(dns: dnsmasq.DnsServer, keys: Keys) -> 
         return "".join(lookup(name.decode())).encode()
 
     assert dkim.verify(signed, dnsfunc=dnsfunc)
-    assert base64.b64decode(dkim_keys.public_key_b64(keys.rsa))  # the p= we compare is real DER
+    assert base64.b64decode(key_files.public_key_b64(keys.rsa))  # the p= we compare is real DER

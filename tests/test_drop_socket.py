@@ -1,6 +1,6 @@
 """The drop socket: a whole maildrop-format message in, one reply line out.
 
-A real daemon; the client is sendmail's own (agent.smtp_client_lite.hand_over). The
+A real daemon; the client is sendmail's own (agent.submit.socket_client.hand_over). The
 bytes are untrusted: whatever they claim, the uid is the peer's, and malformed,
 truncated or oversized input is refused with a reply while the daemon goes on.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope, smtp_client_lite
 from agent.errors import MessageError, TooBigError, UnknownRecipientError
+from agent.queue import queue_file
+from agent.submit import socket_client
 from tests.support.agent_env import AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin
 
@@ -38,11 +39,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentEnv]:
 
 
 def drop(site: AgentEnv) -> str:
-    return smtp_client_lite.drop_path(str(site.socket))
+    return socket_client.drop_path(str(site.socket))
 
 
 def data(rcpt: str, body: bytes = b"Subject: drop\r\n\r\nhi\r\n", uid: int = 4242) -> bytes:
-    return envelope.encode(envelope.Envelope("app@example.com", (rcpt,), time.time(), (), uid), body)
+    return queue_file.encode(queue_file.Envelope("app@example.com", (rcpt,), time.time(), (), uid), body)
 
 
 def raw_reply(site: AgentEnv, payload: bytes) -> bytes:
@@ -70,7 +71,7 @@ def test_drop_socket_has_the_smtp_sockets_mode(site: AgentEnv) -> None:
 
 def test_hand_over_is_queued_signed_and_named_by_the_peers_uid(site: AgentEnv) -> None:
     rcpt = f"drop-{os.urandom(3).hex()}@example.net"
-    smtp_client_lite.hand_over(drop(site), data(rcpt, uid=4242))  # the file's uid line is a claim
+    socket_client.hand_over(drop(site), data(rcpt, uid=4242))  # the file's uid line is a claim
     got = received(site, rcpt)
     assert b"DKIM-Signature:" in got
     line = next(ln for ln in got.split(b"\r\n") if ln.startswith(b"Received: by"))
@@ -92,11 +93,11 @@ def test_the_reply_names_the_queue_id_pickup_gives_the_file(site: AgentEnv) -> N
 
 def test_refusals_come_back_as_the_errors_sendmail_exits_with(site: AgentEnv) -> None:
     with pytest.raises(UnknownRecipientError, match="550"):
-        smtp_client_lite.hand_over(drop(site), data("nosuchlocaluser"))
+        socket_client.hand_over(drop(site), data("nosuchlocaluser"))
     with pytest.raises(MessageError, match=r"554 5\.6\.0 malformed"):
-        smtp_client_lite.hand_over(drop(site), data("x@example.net")[:-5])  # no end marker
+        socket_client.hand_over(drop(site), data("x@example.net")[:-5])  # no end marker
     with pytest.raises(TooBigError, match="552"):
-        smtp_client_lite.hand_over(drop(site), data("x@example.net", b"\r\n" + b"y" * (MAX_SIZE + 10)))
+        socket_client.hand_over(drop(site), data("x@example.net", b"\r\n" + b"y" * (MAX_SIZE + 10)))
 
 
 def test_garbage_oversize_and_silence_get_a_reply_and_the_daemon_goes_on(site: AgentEnv) -> None:
@@ -105,13 +106,13 @@ def test_garbage_oversize_and_silence_get_a_reply_and_the_daemon_goes_on(site: A
     assert raw_reply(site, b"x" * (MAX_SIZE + (1 << 20) + 1)).startswith(b"552 5.3.4 ")
     assert not any((site.queue_dir / "corrupt").iterdir())  # refused, nothing half-kept
     rcpt = f"after-{os.urandom(3).hex()}@example.net"
-    smtp_client_lite.hand_over(drop(site), data(rcpt))
+    socket_client.hand_over(drop(site), data(rcpt))
     assert received(site, rcpt)
 
 
 def test_no_drop_socket_means_unavailable(tmp_path: Path) -> None:
-    with pytest.raises(smtp_client_lite.Unavailable):
-        smtp_client_lite.hand_over(str(tmp_path / "none.sock.drop"), b"x")
+    with pytest.raises(socket_client.Unavailable):
+        socket_client.hand_over(str(tmp_path / "none.sock.drop"), b"x")
 
 
 def test_sigterm_with_a_client_stalled_mid_hand_over_stops_in_time_and_stores_nothing(

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agent import dkim_keys
+from agent.dkim import key_files
 from tests.support.agent_env import RELAY_AGENT, SENDMAIL, AgentEnv
 from tests.support.dnsmasq import DnsServer
 from tests.support.relay_standin import Received, RelayStandin
@@ -58,7 +58,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with RelayStandin() as relay:
         env = AgentEnv(agent_dir, relay, extra={"listen": {"smtp": f"127.0.0.1:{port}"}})
         records = env.dns_records()
-        served = {name: [tuple(dkim_keys.split_txt(value))] for name, value in records.items()}
+        served = {name: [tuple(key_files.split_txt(value))] for name, value in records.items()}
         with DnsServer(served) as dns:
             env.start()
             try:

@@ -1,4 +1,4 @@
-"""agent.fastload: the stub runs sendmail's modules from one bundle, only while it is
+"""agent.submit.bytecode_bundle: the stub runs sendmail's modules from one bundle, only while it is
 current and could only have been written by root or by us; otherwise importlib.
 
 Each case runs the rendered stub on a copy of the package, under `-X importtime`:
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import fastload, stub
+from agent.submit import bytecode_bundle, stub
 from tests.support.agent_env import AgentEnv, traversable_tmp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ class Site:
     def __init__(self, root: Path, python: str = sys.executable) -> None:
         shutil.copytree(REPO / "agent", root / "agent", ignore=shutil.ignore_patterns("__pycache__"))
         self.package = root / "agent"
-        self.bundle = Path(fastload.bundle_path(str(self.package)))
+        self.bundle = Path(bytecode_bundle.bundle_path(str(self.package)))
         self.python = python
         self.stub = root / "sendmail"
         self.stub.write_text(stub.render("sendmail", python, [str(root)]))
@@ -59,7 +59,7 @@ class Site:
 
     def rebundle(self, **replace: str) -> None:
         """A bundle as `refresh` writes it, with the named modules' code replaced."""
-        data = fastload.build(str(self.package))
+        data = bytecode_bundle.build(str(self.package))
         code, entries = marshal.loads(data[len(MAGIC) :])
         entries = tuple(
             (n, s, m, z, compile(replace[n], s, "exec") if n in replace else c) for n, s, m, z, c in entries
@@ -69,7 +69,7 @@ class Site:
         self.bundle.chmod(0o644)
 
 
-FAST = set(fastload.SENDMAIL)
+FAST = set(bytecode_bundle.SENDMAIL)
 
 
 def test_first_run_writes_the_bundle_and_later_runs_import_nothing(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_first_run_writes_the_bundle_and_later_runs_import_nothing(tmp_path: Pat
 def test_an_edited_source_means_importlib_and_a_new_bundle(tmp_path: Path) -> None:
     site = Site(tmp_path)
     site.run()
-    src = site.package / "headers.py"
+    src = site.package / "mail" / "headers.py"
     st = src.stat()
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # 1 ns later is another file
     old = site.bundle.read_bytes()
@@ -143,7 +143,7 @@ def test_nobody_runs_roots_bundle_and_cannot_replace_it() -> None:
         assert site.bundle.stat().st_uid == 0
         assert site.run(tuple(AS_NOBODY))[0] == set()
 
-        src = site.package / "digest.py"
+        src = site.package / "submit" / "config_cache.py"
         st = src.stat()
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
         old = site.bundle.read_bytes()
@@ -154,7 +154,7 @@ def test_nobody_runs_roots_bundle_and_cannot_replace_it() -> None:
 
 def test_preload_leaves_nothing_behind_when_a_module_fails(tmp_path: Path) -> None:
     site = Site(tmp_path)
-    site.rebundle(**{"agent.headers": "raise RuntimeError('boom')"})
+    site.rebundle(**{"agent.mail.headers": "raise RuntimeError('boom')"})
     probe = (
         "import marshal, sys\n"
         f"sys.path[0:1] = [{str(tmp_path)!r}]\n"
@@ -176,8 +176,8 @@ def test_bundled_modules_lose_nothing_to_optimize_2() -> None:
     docstrings: none of its modules may rely on either."""
     import ast
 
-    for name in fastload.SENDMAIL:
-        path = fastload.source_path(str(REPO / "agent"), name)
+    for name in bytecode_bundle.SENDMAIL:
+        path = bytecode_bundle.source_path(str(REPO / "agent"), name)
         tree = ast.parse(Path(path).read_text(), path)
         asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
         doc_reads = [
@@ -188,6 +188,29 @@ def test_bundled_modules_lose_nothing_to_optimize_2() -> None:
         ]
         assert not asserts and not doc_reads, (path, asserts, doc_reads)
     # and the bundle really is built that way: no docstring survives in it
-    _, entries = marshal.loads(fastload.build(str(REPO / "agent"))[len(MAGIC) :])
+    _, entries = marshal.loads(bytecode_bundle.build(str(REPO / "agent"))[len(MAGIC) :])
     errors = next(code for name, _, _, _, code in entries if name == "agent.errors")
     assert not any(isinstance(c, str) and "sysexit" in c for c in errors.co_consts)
+
+
+def test_a_stub_written_before_the_package_split_still_queues_mail(tmp_path: Path) -> None:
+    """An upgrade must not break /usr/sbin/sendmail before `install` runs again: a stub rendered by
+    an earlier version imports agent.sendmail and, with its bundle stale, agent.fastload."""
+    site = Site(tmp_path)
+    old = site.stub.read_text()
+    old = old.replace("from agent.submit.sendmail import main", "from agent.sendmail import main")
+    old = old.replace(
+        "from agent.submit import bytecode_bundle\n    bytecode_bundle.refresh(",
+        "from agent import fastload\n    fastload.refresh(",
+    )
+    assert "agent.submit" not in old
+    site.stub.write_text(old)
+    gone = str(site.package / "sendmail_args.py")  # a module of the flat layout
+    stale = (("agent.sendmail_args", gone, 0, 0, compile("", "x", "exec")),)
+    site.bundle.parent.mkdir(exist_ok=True)
+    site.bundle.write_bytes(MAGIC + marshal.dumps((bytecode_bundle.preload.__code__, stale)))
+    site.bundle.chmod(0o644)
+    imported, _ = site.run()  # the old bundle's sources are gone: importlib, then a fresh bundle
+    assert imported == FAST
+    imported, other = site.run()
+    assert imported == set() and other == ""

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from agent import headers
 from agent.errors import MessageError
+from agent.mail import headers
 
 MSG = (
     b"From: Me <me@example.com>\r\nTo: a@example.com,\r\n  B <b@example.com>\r\nCc: c@example.com\r\n"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent import digest, fastload, install
+from agent.install import plans
+from agent.submit import bytecode_bundle, config_cache
 from tests.support.agent_env import traversable_tmp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 def cli(
     *args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [*prefix, PYTHON, "-c", "from agent.cli_install import app; app()", *args]
+    cmd = [*prefix, PYTHON, "-c", "from agent.cli.install import app; app()", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/", env=env)
 
 
@@ -64,12 +65,12 @@ def tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
             if os.path.islink(path):
-                digest = "-> " + os.readlink(path)
+                config_cache = "-> " + os.readlink(path)
             elif os.path.isfile(path):
-                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                config_cache = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             else:
-                digest = ""
-            out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, digest)
+                config_cache = ""
+            out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, config_cache)
     return out
 
 
@@ -105,7 +106,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
     original = mode_owner(target / "usr/sbin/sendmail")
     proc = cli("install", "--root", str(target))
     assert proc.returncode == 0, proc.stderr
-    ids = install.lookup_ids(str(target))
+    ids = plans.lookup_ids(str(target))
     assert ids is not None and ids[0] != 0
     uid, gid = ids
     assert mode_owner(target / "etc/relay-agent") == (0o755, 0, 0)
@@ -130,7 +131,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
         assert mode_owner(path)[0] == 0o755
     unit_path = target / "etc/systemd/system/relay-agent.service"
     unit = unit_path.read_text()
-    assert f"ExecStart={VENV_BIN}/relay-agent run\n" in unit and install.UNIT_EXEC not in unit
+    assert f"ExecStart={VENV_BIN}/relay-agent run\n" in unit and plans.UNIT_EXEC not in unit
     verify = subprocess.run(["systemd-analyze", "verify", str(unit_path)], capture_output=True, text=True)
     assert (verify.returncode, verify.stderr) == (0, "")
     assert (target / "usr/lib/sysusers.d/relay-agent.conf").read_text().startswith("#")
@@ -140,7 +141,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
     ).read_bytes()
     assert "systemd is not running" in proc.stdout
     # sendmail's fast path finds a fresh digest (unprivileged callers cannot write one).
-    assert digest.load(str(target / "etc/relay-agent/config.toml")) is not None
+    assert config_cache.load(str(target / "etc/relay-agent/config.toml")) is not None
     assert mode_owner(target / "etc/relay-agent/.config.toml.digest")[0] == 0o644
 
     proc = cli("uninstall", "--root", str(target))
@@ -163,7 +164,7 @@ def test_install_then_uninstall_restores_the_previous_sendmail(target: Path) -> 
     proc = cli("uninstall", "--root", str(target), "--purge")
     assert proc.returncode == 0, proc.stderr
     assert not (target / "var/spool/relay-agent").exists() and not (target / "etc/relay-agent").exists()
-    assert install.lookup_ids(str(target)) is None
+    assert plans.lookup_ids(str(target)) is None
 
 
 def test_reinstall_keeps_the_original_aside(target: Path) -> None:
@@ -207,7 +208,7 @@ def test_root_without_passwd_gets_the_sysusers_snippet_only(tmp_path: Path) -> N
 
 
 def test_installed_stub_drops_mail_for_an_unprivileged_user(target: Path, open_tmp: Path) -> None:
-    bundle = Path(fastload.bundle_path(os.path.dirname(agent.__file__)))
+    bundle = Path(bytecode_bundle.bundle_path(os.path.dirname(agent.__file__)))
     bundle.unlink(missing_ok=True)
     assert cli("install", "--root", str(target)).returncode == 0
     st = bundle.stat()  # the fast path's bundle, written as root: nobody could not
@@ -264,12 +265,12 @@ def test_missing_root_dir_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_plan_is_pure(target: Path) -> None:
     before = tree(target)
-    steps = install.plan(str(target), VENV_BIN, dpkg=False)
-    steps += install.plan_uninstall(str(target), dpkg=False, purge=True)
+    steps = plans.plan(str(target), VENV_BIN, dpkg=False)
+    steps += plans.plan_uninstall(str(target), dpkg=False, purge=True)
     assert tree(target) == before
     assert all(step.description for step in steps)
     out: list[str] = []
-    install.execute(steps, dry_run=True, out=out.append)
+    plans.execute(steps, dry_run=True, out=out.append)
     assert tree(target) == before and len(out) == len(steps)
 
 
@@ -303,7 +304,7 @@ def test_a_wheel_carries_what_install_writes(tmp_path: Path) -> None:
     for rel in ("systemd/relay-agent.service", "systemd/relay-agent.sysusers", "examples/config.toml"):
         code = (
             f"import agent; assert agent.__file__.startswith({str(unpacked)!r}), agent.__file__; "
-            f"from agent.install_files import shipped; print(shipped({rel!r}), end='')"
+            f"from agent.install.files import shipped; print(shipped({rel!r}), end='')"
         )
         got = subprocess.run(
             [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(unpacked)!r}); {code}"],

@@ -1,4 +1,4 @@
-"""agent.longlines: no line over 998 octets, content preserved, untouched parts byte-identical."""
+"""agent.mail.longlines: no line over 998 octets, content preserved, untouched parts byte-identical."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import MessageError
-from agent.longlines import has_long_line, make_safe, qp_encode
+from agent.mail.longlines import has_long_line, make_safe, qp_encode
 
 
 def crlf(text: str) -> bytes:

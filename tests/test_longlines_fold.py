@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import longlines
 from agent.errors import MessageError
-from agent.longlines import ADDRESS_HEADERS, MAX_LINE, SOFT_LINE, fold_line, make_safe
+from agent.mail import longlines
+from agent.mail.longlines import ADDRESS_HEADERS, MAX_LINE, SOFT_LINE, fold_line, make_safe
 
 
 def old_fold_line(line: bytes, field: str) -> bytes:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import pickup_trigger
-from agent.pickup_listener import PickupListener
+from agent.intake.pickup_listener import PickupListener
+from agent.queue import trigger
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
@@ -41,16 +41,16 @@ def crlf(text: str) -> bytes:
 
 def test_poke_without_a_daemon_is_a_quiet_no_op(tmp_path: Path) -> None:
     fifo = str(tmp_path / "s.sock.pickup")
-    pickup_trigger.poke(fifo)  # no such file
+    trigger.poke(fifo)  # no such file
     os.mkfifo(fifo)
-    pickup_trigger.poke(fifo)  # a FIFO nobody reads: ENXIO, not a hang
-    pickup_trigger.poke("")  # no socket configured
+    trigger.poke(fifo)  # a FIFO nobody reads: ENXIO, not a hang
+    trigger.poke("")  # no socket configured
 
 
 def test_poke_never_writes_into_a_regular_file(tmp_path: Path) -> None:
     path = tmp_path / "s.sock.pickup"
     path.write_bytes(b"keep")
-    pickup_trigger.poke(str(path))
+    trigger.poke(str(path))
     assert path.read_bytes() == b"keep"
 
 
@@ -60,8 +60,8 @@ def test_poke_never_follows_a_symlink(tmp_path: Path) -> None:
     reader = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
     try:
         (tmp_path / "link").symlink_to(target)
-        pickup_trigger.poke(str(tmp_path / "link"))
-        assert pickup_trigger.drain(reader) == 0
+        trigger.poke(str(tmp_path / "link"))
+        assert trigger.drain(reader) == 0
     finally:
         os.close(reader)
 
@@ -71,17 +71,17 @@ def test_listen_makes_a_fresh_0622_fifo_and_drain_counts_pokes(tmp_path: Path) -
     (tmp_path / "s.sock.pickup").write_bytes(b"stale")  # whatever was there is replaced
     old = os.umask(0o077)
     try:
-        fd = pickup_trigger.listen(path)
+        fd = trigger.listen(path)
     finally:
         os.umask(old)
     try:
         st = os.lstat(path)
         assert stat.S_ISFIFO(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o622
-        assert pickup_trigger.drain(fd) == 0
+        assert trigger.drain(fd) == 0
         for _ in range(3):
-            pickup_trigger.poke(path)
-        assert pickup_trigger.drain(fd) == 3
-        assert pickup_trigger.drain(fd) == 0  # read-write: never EOF when pokers close
+            trigger.poke(path)
+        assert trigger.drain(fd) == 3
+        assert trigger.drain(fd) == 0  # read-write: never EOF when pokers close
     finally:
         os.close(fd)
 
@@ -105,23 +105,23 @@ async def test_listener_is_woken_once_and_leaves_the_bursts_pokes_unread(tmp_pat
     woken: list[float] = []
     listener = PickupListener(path, lambda: woken.append(time.monotonic()))
     try:
-        pickup_trigger.poke(path)
+        trigger.poke(path)
         await asyncio.sleep(0.05)
         assert len(woken) == 1 and waiting_pokes(path) == 0
         for _ in range(3):  # the rest of the burst: written, read by nobody, nobody woken
-            pickup_trigger.poke(path)
+            trigger.poke(path)
         await asyncio.sleep(0.05)
         assert len(woken) == 1 and waiting_pokes(path) == 3
         # the round ends with pokes waiting: another round is due, and we still do not listen
         assert listener.round_done() is True
         assert waiting_pokes(path) == 0
-        pickup_trigger.poke(path)
+        trigger.poke(path)
         await asyncio.sleep(0.05)
         assert len(woken) == 1 and waiting_pokes(path) == 1
         assert listener.take() is True and listener.take() is False
         # a round that saw no poke: listening again, and the next poke wakes us
         assert listener.round_done() is False
-        pickup_trigger.poke(path)
+        trigger.poke(path)
         await asyncio.sleep(0.05)
         assert len(woken) == 2 and waiting_pokes(path) == 0
     finally:
@@ -134,10 +134,10 @@ async def test_listener_sees_a_poke_that_lands_just_before_it_listens_again(tmp_
     woken: list[int] = []
     listener = PickupListener(path, lambda: woken.append(1))
     try:
-        pickup_trigger.poke(path)
+        trigger.poke(path)
         await asyncio.sleep(0.05)
         assert listener.round_done() is False  # listening again...
-        pickup_trigger.poke(path)  # ...and this one came before the loop looked: level-triggered
+        trigger.poke(path)  # ...and this one came before the loop looked: level-triggered
         await asyncio.sleep(0.05)
         assert woken == [1, 1]
     finally:
@@ -161,7 +161,7 @@ def site() -> Iterator[AgentEnv]:
 
 def test_daemon_owns_the_trigger_while_it_runs(tmp_path: Path, relay_standin: RelayStandin) -> None:
     agent = AgentEnv(tmp_path, relay_standin)
-    fifo = Path(pickup_trigger.fifo_path(str(agent.socket)))
+    fifo = Path(trigger.fifo_path(str(agent.socket)))
     agent.start()
     try:
         st = fifo.lstat()

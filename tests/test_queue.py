@@ -11,13 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import backoff, bounce, envelope, queue_state
+from agent.delivery import backoff
 from agent.errors import TempError
-from agent.queue import Queue
-from agent.queue_ids import new_id, qid_for, valid_id
-from agent.queue_view import collect, format_mailq
+from agent.mail import bounce
+from agent.queue import queue_file, state_file
+from agent.queue.ids import new_id, qid_for, valid_id
+from agent.queue.store import Queue
+from agent.queue.view import collect, format_mailq
 
-ENV = envelope.Envelope(
+ENV = queue_file.Envelope(
     "a@example.com", ("b@example.net", "c@example.net"), 1700000000.5, (("notify", "NEVER"),), 1000
 )
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
@@ -64,7 +66,7 @@ def test_enter_is_idempotent_for_one_id(q: Queue) -> None:
 def test_recover_removes_partial_tmp_files_and_says_what_they_were(q: Queue) -> None:
     # never acknowledged (no 250, no exit 0): the client retries or its maildrop file is still
     # there, so removing it loses nothing; corrupt/ is only for what fails validation
-    Path(q.tmp, "0000000000000ABC").write_bytes(envelope.encode(ENV, BODY)[:30])
+    Path(q.tmp, "0000000000000ABC").write_bytes(queue_file.encode(ENV, BODY)[:30])
     notes = q.recover()
     assert len(notes) == 1 and "removed" in notes[0] and "queue file being entered" in notes[0]
     assert os.listdir(q.tmp) == [] and os.listdir(q.corrupt) == []
@@ -73,7 +75,7 @@ def test_recover_removes_partial_tmp_files_and_says_what_they_were(q: Queue) -> 
 def test_recover_removes_what_a_cut_short_delete_all_left(q: Queue) -> None:
     aside = Path(q.path, "deleted.1700000000000000000")
     (aside / "msg").mkdir(parents=True)
-    (aside / "msg" / "0000000000000ABC").write_bytes(envelope.encode(ENV, BODY))
+    (aside / "msg" / "0000000000000ABC").write_bytes(queue_file.encode(ENV, BODY))
     qid = q.enter(ENV, BODY)
     notes = q.recover()
     assert not aside.exists() and q.exists(qid)
@@ -84,7 +86,7 @@ def test_truncated_file_is_refused(q: Queue) -> None:
     qid = q.enter(ENV, BODY)
     data = Path(q.msg_path(qid)).read_bytes()
     Path(q.msg_path(qid)).write_bytes(data[:-5])
-    with pytest.raises(envelope.FormatError):
+    with pytest.raises(queue_file.FormatError):
         q.read(qid)
     assert "corrupt" in q.quarantine(qid, "truncated")
     assert not q.exists(qid) and len(os.listdir(q.corrupt)) == 1
@@ -92,7 +94,7 @@ def test_truncated_file_is_refused(q: Queue) -> None:
 
 def test_state_roundtrip_and_listing(q: Queue) -> None:
     qid = q.enter(ENV, BODY)
-    s = queue_state.State("deferred", 2, 1700000100.0, "451 4.3.0 later", 0.0, {0: ("S", "")})
+    s = state_file.State("deferred", 2, 1700000100.0, "451 4.3.0 later", 0.0, {0: ("S", "")})
     q.write_state(qid, s)
     assert q.read_state(qid) == s
     items = collect(q, str(q.path) + "/none")
@@ -109,14 +111,14 @@ def test_state_roundtrip_and_listing(q: Queue) -> None:
 @given(st.binary(max_size=400))
 @settings(max_examples=300, deadline=None)
 def test_decode_arbitrary_bytes_only_raises_format_error(data: bytes) -> None:
-    for blob in (data, envelope.MAGIC + data, envelope.encode(ENV, BODY)[:60] + data):
+    for blob in (data, queue_file.MAGIC + data, queue_file.encode(ENV, BODY)[:60] + data):
         try:
-            envelope.decode(blob)
-        except envelope.FormatError:
+            queue_file.decode(blob)
+        except queue_file.FormatError:
             pass
     try:
-        queue_state.decode_state(data)
-    except envelope.FormatError:
+        state_file.decode_state(data)
+    except queue_file.FormatError:
         pass
 
 
@@ -135,13 +137,13 @@ def test_decode_arbitrary_bytes_only_raises_format_error(data: bytes) -> None:
 )
 @settings(max_examples=200, deadline=None)
 def test_valid_files_always_roundtrip(sender: str, rcpts: list[str], body: bytes) -> None:
-    env = envelope.Envelope(sender, tuple(rcpts), 12.5)
-    assert envelope.decode(envelope.encode(env, body)) == (env, body)
+    env = queue_file.Envelope(sender, tuple(rcpts), 12.5)
+    assert queue_file.decode(queue_file.encode(env, body)) == (env, body)
 
 
 def test_encode_refuses_injection() -> None:
-    with pytest.raises(envelope.FormatError):
-        envelope.encode(envelope.Envelope("a@b\r\nrcpt evil@x", ("c@d",), 1.0), b"")
+    with pytest.raises(queue_file.FormatError):
+        queue_file.encode(queue_file.Envelope("a@b\r\nrcpt evil@x", ("c@d",), 1.0), b"")
 
 
 def test_backoff_doubles_to_the_cap_and_expiry() -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope as fmt
-from agent import queue_state as qs
-from agent.queue import Queue
-from agent.queue_ids import new_id
-from agent.queue_view import collect, format_mailq
+from agent.queue import queue_file, state_file
+from agent.queue.ids import new_id
+from agent.queue.store import Queue
+from agent.queue.view import collect, format_mailq
 from tests.support.agent_env import MAILQ, AgentEnv, wait_until
 from tests.support.relay_standin import RelayStandin
 
@@ -33,8 +32,10 @@ def fixture_queue(queue_dir: Path, senders: list[str]) -> list[str]:
     base = time.time() - len(senders)
     for i, sender in enumerate(senders):
         qid = new_id(base + i * 1e-3)
-        env = fmt.Envelope(sender=sender, recipients=(f"r{i}@example.net", "x@example.net"), created=base + i)
-        (queue_dir / "msg" / qid).write_bytes(fmt.encode(env, BODY))
+        env = queue_file.Envelope(
+            sender=sender, recipients=(f"r{i}@example.net", "x@example.net"), created=base + i
+        )
+        (queue_dir / "msg" / qid).write_bytes(queue_file.encode(env, BODY))
         ids.append(qid)
     return ids
 
@@ -45,10 +46,12 @@ def test_mailq_matches_the_item_listing(tmp_path: Path, suspended: bool) -> None
     also while the daemon holds delivery back (relay unreachable: status.json says why)."""
     ids = fixture_queue(tmp_path / "queue", ["a@example.com", "", "b@example.com", "c@example.com"])
     q = Queue(str(tmp_path / "queue"))
-    deferred = qs.State("deferred", attempts=2, next_attempt=time.time() + 60, last_error="451 4.3.0 later")
-    deferred.rcpt[0] = (qs.SENT, "")
+    deferred = state_file.State(
+        "deferred", attempts=2, next_attempt=time.time() + 60, last_error="451 4.3.0 later"
+    )
+    deferred.rcpt[0] = (state_file.SENT, "")
     q.write_state(ids[1], deferred)
-    q.write_state(ids[2], qs.State("hold"))
+    q.write_state(ids[2], state_file.State("hold"))
     (tmp_path / "queue" / "msg" / "garbage").write_bytes(b"x")  # not an id: ignored by both
     (tmp_path / "maildrop").mkdir()
     if suspended:  # as the daemon writes it; this process stands in for the live daemon

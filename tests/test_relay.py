@@ -1,4 +1,4 @@
-"""agent.relay against the real relay stand-in (aiosmtpd over TCP with STARTTLS and AUTH)."""
+"""agent.relay.connection against the real relay stand-in (aiosmtpd over TCP with STARTTLS and AUTH)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from agent.config import RelayConfig
-from agent.relay import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options
-from agent.smtp_pipeline import Replies
-from agent.smtp_text import dot_stuff, xtext
+from agent.mail.smtp_text import dot_stuff, xtext
+from agent.relay.connection import RcptResult, RelayConnection, RelayError, TxResult, dsn_mail_options
+from agent.relay.reply_reader import Replies
 from tests.support.relay_standin import DEFAULT_PASSWORD, DEFAULT_USER, RelayStandin
 
 pytestmark = pytest.mark.timeout(60)
@@ -515,7 +515,7 @@ async def test_writing_after_the_relay_closed_is_a_relay_error_in_that_stage(
 ) -> None:
     """The relay may close the connection together with its last reply (before our RSET, say):
     the next write must fail as a RelayError of its stage, never as an AttributeError."""
-    from agent.relay_link import RelayLink
+    from agent.relay.link import RelayLink
 
     link = RelayLink(RelayConfig(host="127.0.0.1", port=relay_standin.port), None)
     link.smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay_standin.port)  # never connected

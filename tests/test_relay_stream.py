@@ -16,19 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import bounce, envelope
 from agent.config import RelayConfig
-from agent.dot_stream import DotStuffer
-from agent.message_source import SMALL, MessageSource, open_queued
-from agent.relay import RelayConnection
-from agent.smtp_text import dot_stuff
+from agent.mail import bounce
+from agent.mail.dot_stream import DotStuffer
+from agent.mail.smtp_text import dot_stuff
+from agent.queue import queue_file
+from agent.queue.message_source import SMALL, MessageSource, open_queued
+from agent.relay.connection import RelayConnection
 from tests.support.agent_env import AgentEnv
 from tests.support.relay_standin import RelayStandin
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = envelope.Envelope("a@example.com", ("b@example.net",), 1700000000.0)
+ENV = queue_file.Envelope("a@example.com", ("b@example.net",), 1700000000.0)
 
 # bytes that make line starts, dots and split line ends likely
 tricky = st.binary(max_size=300) | st.lists(st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"x", b".."])).map(
@@ -53,7 +54,7 @@ def test_file_source_chunks_stuff_like_the_whole_message(
     path = tmp_path_factory.mktemp("q") / "msg"
     # padded past SMALL so that the message is read from the file, chunk by chunk
     body = message + b"\r\n" + b"y" * SMALL + message
-    path.write_bytes(envelope.encode(ENV, body))
+    path.write_bytes(queue_file.encode(ENV, body))
     env, source = open_queued(str(path))
     with source:
         assert source.data is None and env == ENV
@@ -65,20 +66,20 @@ def test_file_source_chunks_stuff_like_the_whole_message(
 
 def test_open_queued_refuses_incomplete_files_and_links(tmp_path: Path) -> None:
     body = b"Subject: x\r\n\r\n" + b"z" * (2 * SMALL)
-    whole = envelope.encode(ENV, body)
+    whole = queue_file.encode(ENV, body)
     cut = tmp_path / "cut"
     cut.write_bytes(whole[:-5])
-    with pytest.raises(envelope.FormatError, match="incomplete"):
+    with pytest.raises(queue_file.FormatError, match="incomplete"):
         open_queued(str(cut))
     longer = tmp_path / "longer"
     longer.write_bytes(whole + b"more")
-    with pytest.raises(envelope.FormatError):
+    with pytest.raises(queue_file.FormatError):
         open_queued(str(longer))
     good = tmp_path / "good"
     good.write_bytes(whole)
     link = tmp_path / "link"
     link.symlink_to(good)
-    with pytest.raises(envelope.FormatError, match="symbolic link"):
+    with pytest.raises(queue_file.FormatError, match="symbolic link"):
         open_queued(str(link))
     _, source = open_queued(str(good))
     with source:
@@ -133,7 +134,7 @@ def _big_message(size: int) -> bytes:
 def test_big_message_streams_from_its_file(tmp_path: Path, pipelining: bool, size: int) -> None:
     message = _big_message(size)
     path = tmp_path / "msg"
-    path.write_bytes(envelope.encode(ENV, message))
+    path.write_bytes(queue_file.encode(ENV, message))
     with RelayStandin(pipelining=pipelining) as relay:
         args = {"path": str(path), "cfg": _relay_cfg(relay), "password": relay.password}
         code = f"import json, sys; from tests.test_relay_stream import child_send; child_send({args!r})"
@@ -155,7 +156,7 @@ def test_small_message_bytes_still_relay(tmp_path: Path) -> None:
     """The in-memory path (bytes, or a small queue file) sends one write with the final dot."""
     message = b"Subject: s\r\n\r\n.one\r\ntwo"  # no final CRLF: one is added before the dot
     path = tmp_path / "msg"
-    path.write_bytes(envelope.encode(ENV, message))
+    path.write_bytes(queue_file.encode(ENV, message))
 
     async def send(relay: RelayStandin) -> str:
         env, source = open_queued(str(path))
@@ -214,8 +215,8 @@ def test_daemon_bounces_a_big_message_with_its_headers_only(
     agent = AgentEnv(tmp_path, relay_standin)
     agent.queue_dir.joinpath("msg").mkdir(parents=True)
     big = b"From: app@example.com\r\nSubject: big one\r\n\r\n" + b"\xc3\xa9 body line\r\n" * 80_000
-    env = envelope.Envelope("app@example.com", ("nobody@example.net",), time.time(), (("ret", "FULL"),))
-    agent.queue_dir.joinpath("msg", "1D00000000000001").write_bytes(envelope.encode(env, big))
+    env = queue_file.Envelope("app@example.com", ("nobody@example.net",), time.time(), (("ret", "FULL"),))
+    agent.queue_dir.joinpath("msg", "1D00000000000001").write_bytes(queue_file.encode(env, big))
     agent.start()
     try:
         got = relay_standin.wait_for(1, timeout=20)

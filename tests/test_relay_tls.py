@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.relay import RelayConnection, RelayError
+from agent.relay.connection import RelayConnection, RelayError
 from tests.support.relay_standin import RelayStandin
 from tests.test_relay import MSG, connect, outcomes, relay_cfg
 
@@ -74,7 +74,7 @@ async def test_no_ca_file_means_system_trust_only(relay_standin: RelayStandin) -
 def test_context_is_strict() -> None:
     import ssl
 
-    from agent.relay import tls_context
+    from agent.relay.connection import tls_context
 
     ctx = tls_context()
     assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED

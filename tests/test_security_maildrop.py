@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope
+from agent.queue import queue_file
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
@@ -107,8 +107,8 @@ def assert_marker_nowhere(site: Site) -> None:
                     assert MARKER not in fh.read(), p
 
 
-def queue_file(rcpts: list[str], body: bytes, sender: str = "app@example.com", uid: int = 0) -> bytes:
-    return envelope.encode(envelope.Envelope(sender, tuple(rcpts), time.time(), (), uid), body)
+def queue_file_bytes(rcpts: list[str], body: bytes, sender: str = "app@example.com", uid: int = 0) -> bytes:
+    return queue_file.encode(queue_file.Envelope(sender, tuple(rcpts), time.time(), (), uid), body)
 
 
 def good_body(subject: str) -> bytes:
@@ -166,7 +166,7 @@ def test_directory_is_removed_without_following_links_inside(site: Site) -> None
     name = site.unique("dir")
     d = site.maildrop / name
     d.mkdir()
-    (d / "inner").write_bytes(queue_file(["x@example.net"], good_body("in a dir")))
+    (d / "inner").write_bytes(queue_file_bytes(["x@example.net"], good_body("in a dir")))
     (d / "to-secret").symlink_to(site.secret)
     (d / "sub").symlink_to(site.secret.parent, target_is_directory=True)
     wait_handled(site, name)
@@ -179,7 +179,7 @@ def test_directory_is_removed_without_following_links_inside(site: Site) -> None
 
 def test_oversized_message_is_quarantined(site: Site) -> None:
     name = site.unique("big")
-    drop_bytes(site, name, queue_file(["big@example.net"], good_body("big") + b"x" * MAX_SIZE))
+    drop_bytes(site, name, queue_file_bytes(["big@example.net"], good_body("big") + b"x" * MAX_SIZE))
     wait_handled(site, name)
     assert len(quarantined(site, name)) == 1
     assert_logged(site, f"maildrop file {name} quarantined", "size limit")
@@ -210,8 +210,8 @@ def test_garbage_bytes_are_quarantined(site: Site) -> None:
 
 def test_truncated_queue_file_is_quarantined(site: Site) -> None:
     name = site.unique("trunc")
-    whole = queue_file(["trunc@example.net"], good_body("truncated"))
-    drop_bytes(site, name, whole[: -len(envelope.END)])
+    whole = queue_file_bytes(["trunc@example.net"], good_body("truncated"))
+    drop_bytes(site, name, whole[: -len(queue_file.END)])
     wait_handled(site, name)
     assert len(quarantined(site, name)) == 1
     assert_logged(site, f"maildrop file {name} quarantined", "end marker")
@@ -236,7 +236,7 @@ def test_envelope_injection_is_quarantined(site: Site, field: bytes, words: str)
     if not field.startswith(b"sender"):
         head += b"sender app@example.com\n"
     head += field + b"\n" + f"size {len(body)}\n\n".encode()
-    drop_bytes(site, name, head + body + envelope.END)
+    drop_bytes(site, name, head + body + queue_file.END)
     wait_handled(site, name)
     assert len(quarantined(site, name)) == 1
     assert_logged(site, f"maildrop file {name} quarantined", words)
@@ -258,7 +258,7 @@ def test_stale_dot_file_removed_fresh_one_kept(site: Site) -> None:
     stale = site.maildrop / f".t{site.unique('stale')}"
     fresh = site.maildrop / f".t{site.unique('fresh')}"
     for p in (stale, fresh):
-        p.write_bytes(queue_file(["dot@example.net"], good_body("dot")))
+        p.write_bytes(queue_file_bytes(["dot@example.net"], good_body("dot")))
     old = time.time() - 7200
     os.utime(stale, (old, old))
     site.agent.poke()
@@ -275,7 +275,7 @@ def test_200_garbage_files_do_not_stop_delivery(site: Site) -> None:
     for n in names:
         drop_bytes(site, n, os.urandom(64))
     legit = site.unique("legit")
-    drop_bytes(site, legit, queue_file([f"{legit}@example.net"], good_body("among garbage")))
+    drop_bytes(site, legit, queue_file_bytes([f"{legit}@example.net"], good_body("among garbage")))
     t0 = time.monotonic()
     assert_healthy(site)  # through the socket, while pickup chews
     wait_until(lambda: any(f"{legit}@example.net" in m.rcpt_tos for m in site.relay.messages), 30)
@@ -323,7 +323,7 @@ def test_claimed_uid_in_file_is_ignored(site: Site) -> None:
     """A file that says `uid 0` is still named after its real owner."""
     name = site.unique("claim")
     rcpt = f"{name}@example.net"
-    data = queue_file([rcpt], good_body("claims root"), uid=0)
+    data = queue_file_bytes([rcpt], good_body("claims root"), uid=0)
     code = (
         "import os,sys; d=sys.argv[1]; n=sys.argv[2]; t=os.path.join(d,'.t'+n);"
         "fd=os.open(t,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o644); os.write(fd,sys.stdin.buffer.read());"

@@ -43,7 +43,7 @@ def as_other(code: str, *args: str, groups: str = "") -> subprocess.CompletedPro
 def cli_as_nobody(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     code = (
         f"import sys; sys.path[0:0] = [{str(REPO)!r}, {SITE!r}]; sys.argv[0] = 'relay-agent';"
-        "from agent.cli import main; main()"
+        "from agent.cli.commands import main; main()"
     )
     env = {"PATH": "/usr/bin:/bin", "RELAY_AGENT_CONFIG": str(config)}
     return subprocess.run(
@@ -186,7 +186,8 @@ def test_maildrop_is_writable_not_listable_and_sticky(world: World) -> None:
     """Another user's drop cannot be found (no listing, 128-bit random names) nor removed or replaced."""
     assert mode(world.agent.maildrop) == 0o1733  # as the daemon made it
     # the same kind of directory, where no daemon takes the drops away while we look
-    from agent import maildrop_write, pickup
+    from agent.intake import pickup
+    from agent.queue import maildrop_write
 
     md = world.root / "maildrop-idle"
     pickup.ensure_maildrop(str(md))

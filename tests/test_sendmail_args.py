@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import MessageError, UsageError
-from agent.sendmail_args import Options, parse
+from agent.submit.args import Options, parse
 
 
 def test_debian_cron_flags() -> None:

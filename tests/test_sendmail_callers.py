@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope, stub
+from agent.queue import queue_file
+from agent.submit import stub
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -62,13 +63,13 @@ class Env:
             [*self.command, *args], input=stdin, capture_output=True, env=environ, timeout=30
         )
 
-    def drops(self) -> list[tuple[envelope.Envelope, bytes]]:
+    def drops(self) -> list[tuple[queue_file.Envelope, bytes]]:
         if not self.maildrop.exists():
             return []
         names = sorted(p for p in self.maildrop.iterdir() if not p.name.startswith("."))
-        return [envelope.decode(p.read_bytes()) for p in names]
+        return [queue_file.decode(p.read_bytes()) for p in names]
 
-    def one_drop(self, *args: str, stdin: bytes = b"") -> tuple[envelope.Envelope, bytes]:
+    def one_drop(self, *args: str, stdin: bytes = b"") -> tuple[queue_file.Envelope, bytes]:
         res = self.run(*args, stdin=stdin)
         assert res.returncode == 0, res.stderr
         assert res.stderr == b""

@@ -16,8 +16,9 @@ import pytest
 from aiosmtpd.controller import UnixSocketController
 from aiosmtpd.smtp import SMTP
 
-from agent import envelope, smtp_client_lite
 from agent.errors import UnknownRecipientError
+from agent.queue import queue_file
+from agent.submit import socket_client
 from tests.support.agent_env import traversable_tmp
 from tests.test_sendmail_callers import CONFIG, VENV_BIN, Env, make_env, write_stub
 
@@ -144,7 +145,7 @@ def test_unprivileged_user_writes_to_1733_maildrop(world_dir: Path) -> None:
     assert res.returncode == 0, res.stderr
     [f] = list(md.iterdir())
     assert f.stat().st_uid == 65534 and f.stat().st_mode & 0o777 == 0o644
-    env_, _ = envelope.decode(f.read_bytes())
+    env_, _ = queue_file.decode(f.read_bytes())
     assert env_.uid == 65534 and env_.recipients == ("ops@example.com",)
     assert env_.sender == "noreply@example.com"  # nobody's login name, rewritten
 
@@ -160,25 +161,25 @@ class Recorder:
         self.mail_options: list[str] = []
 
     async def handle_MAIL(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+        self, server: Any, session: Any, queue_file: Any, address: str, options: list[str]
     ) -> str:
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
+        queue_file.mail_from = address
+        queue_file.mail_options.extend(options)
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+        self, server: Any, session: Any, queue_file: Any, address: str, options: list[str]
     ) -> str:
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
-        envelope.rcpt_tos.append(address)
+        queue_file.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, queue_file: Any) -> str:
         if self.data_reply:
             return self.data_reply
         self.messages.append(
-            (envelope.mail_from, list(envelope.rcpt_tos), envelope.content, envelope.mail_options)
+            (queue_file.mail_from, list(queue_file.rcpt_tos), queue_file.content, queue_file.mail_options)
         )
         return "250 2.0.0 Ok: queued as TEST"
 
@@ -293,9 +294,7 @@ def test_dsn_parameters_and_pipelining(tmp_path: Path, pipelining: bool) -> None
     thread, chunks = hand_server(path, ehlo)
     dsn = (("notify", "SUCCESS,FAILURE"), ("ret", "HDRS"), ("envid", "id+1 x"))
     try:
-        smtp_client_lite.submit(
-            path, "h", "a@example.com", ["b@example.org"], b"Subject: s\r\n\r\n.x\r\n", dsn
-        )
+        socket_client.submit(path, "h", "a@example.com", ["b@example.org"], b"Subject: s\r\n\r\n.x\r\n", dsn)
     finally:
         thread.join(5)
     seen = b"".join(chunks).split(b"\r\n")
@@ -311,7 +310,7 @@ def test_pipelined_refusal_abandons_data(tmp_path: Path) -> None:
     thread, chunks = hand_server(path, b"250-x\r\n250 PIPELINING\r\n", b"550 5.1.1 no such user\r\n")
     try:
         with pytest.raises(UnknownRecipientError):
-            smtp_client_lite.submit(path, "h", "a@example.com", ["b@example.org"], b"Subject: s\r\n\r\nx\r\n")
+            socket_client.submit(path, "h", "a@example.com", ["b@example.org"], b"Subject: s\r\n\r\nx\r\n")
     finally:
         thread.join(5)
     assert b"Subject" not in b"".join(chunks)  # the message never went out
@@ -339,7 +338,7 @@ sys.path[0:1] = [{repo!r}]
 sys.argv = ["sendmail", "-t", "-i"]
 import io
 sys.stdin = io.TextIOWrapper(io.BytesIO({msg!r}))
-from agent.sendmail import main
+from agent.submit.sendmail import main
 code = main()
 bad = sorted(m for m in {forbidden!r} if m in sys.modules)
 print(code, ",".join(bad))
@@ -377,7 +376,7 @@ def test_stub_text() -> None:
         text.startswith("#!/opt/venv/bin/python -SE\n")
         and "sys.path[0:1] = ['/opt/src', '/opt/venv/site']" in text
     )
-    assert "from agent.sendmail import main" in text and "posix._exit(code)" in text
+    assert "from agent.submit.sendmail import main" in text and "posix._exit(code)" in text
     assert sys.executable
     with pytest.raises(ValueError):
         write_stub(Path(tempfile.mkdtemp()) / "s", "relative/python", [])

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import envelope, stub
+from agent.queue import queue_file
+from agent.submit import stub
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 
@@ -31,9 +32,9 @@ AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 WRAPPER = """
 import sys
 sys.path[0:1] = [{repo!r}]
-from agent import smtp_client_lite as c
+from agent.submit import socket_client as c
 c.CONNECT_TIMEOUT = c.COMMAND_TIMEOUT = c.REPLY_TIMEOUT = 1.0
-from agent.sendmail import main
+from agent.submit.sendmail import main
 sys.exit(main(["-t", "-i"], "sendmail"))
 """
 
@@ -234,9 +235,9 @@ def sendmail(site: AgentEnv, user: str, msg: bytes) -> subprocess.CompletedProce
     return subprocess.run(cmd, input=msg, capture_output=True, env=env, cwd="/", timeout=60)
 
 
-def drops(site: AgentEnv) -> list[tuple[os.stat_result, envelope.Envelope, bytes]]:
+def drops(site: AgentEnv) -> list[tuple[os.stat_result, queue_file.Envelope, bytes]]:
     paths = sorted(p for p in site.maildrop.iterdir() if not p.name.startswith("."))
-    return [(p.stat(), *envelope.decode(p.read_bytes())) for p in paths]
+    return [(p.stat(), *queue_file.decode(p.read_bytes())) for p in paths]
 
 
 def assert_in_maildrop(site: AgentEnv, res: subprocess.CompletedProcess[bytes], tag: str, user: str) -> None:

@@ -20,9 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import headers, sendmail, smtp_client_lite, smtp_text, submission
 from agent.errors import MessageError, TooBigError
-from agent.sendmail_message import longest_line, read_rest
+from agent.mail import headers, smtp_text
+from agent.submit import sendmail, socket_client, submission
+from agent.submit.stdin_message import longest_line, read_rest
 from tests.support.agent_env import AgentEnv, traversable_tmp
 from tests.test_sendmail_fallback import AS_NOBODY, PYTHON, StandIn, drop_reply, drop_socket, drops
 
@@ -123,7 +124,7 @@ def small_chunks() -> Iterator[None]:
     """Chunks of a few bytes: every boundary case turns up in a short message."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sendmail, "CHUNK", 9)
-        mp.setattr(smtp_client_lite, "CHUNK", 5)
+        mp.setattr(socket_client, "CHUNK", 5)
         yield
 
 
@@ -180,7 +181,7 @@ def test_dot_stuffing_in_chunks_is_dot_stuff(data: st.DataObject, raw: bytes) ->
     whole = headers.to_crlf(raw)
     sent = Sent()
     with small_chunks():
-        smtp_client_lite.send_stuffed(sent, data.draw(cuts(whole)))  # type: ignore[arg-type]
+        socket_client.send_stuffed(sent, data.draw(cuts(whole)))  # type: ignore[arg-type]
     assert b"".join(sent.writes) == smtp_text.dot_stuff(whole)
     assert all(len(w) <= 3 * 5 + 3 for w in sent.writes)  # about a chunk at a time, never all
     assert longest_line(data.draw(cuts(whole))) == max(map(len, whole.split(b"\n")))
@@ -188,7 +189,7 @@ def test_dot_stuffing_in_chunks_is_dot_stuff(data: st.DataObject, raw: bytes) ->
 
 def test_a_small_message_is_one_write() -> None:
     sent = Sent()
-    smtp_client_lite.send_stuffed(sent, [b"Subject: x\r\n\r\n", b".hi\r\n"])  # type: ignore[arg-type]
+    socket_client.send_stuffed(sent, [b"Subject: x\r\n\r\n", b".hi\r\n"])  # type: ignore[arg-type]
     assert sent.writes == [b"Subject: x\r\n\r\n..hi\r\n.\r\n"]
     message = sendmail.read_message(io.BytesIO(b"Subject: x\n\nhi\n"), True, 1000)
     assert message == [b"Subject: x\r\n\r\nhi\r\n"]
@@ -265,7 +266,7 @@ def test_a_20_mb_message_costs_sendmail_about_its_size(big_site: tuple[AgentEnv,
 WRAPPER = """
 import sys
 sys.path[0:1] = [{repo!r}]
-from agent.sendmail import main
+from agent.submit.sendmail import main
 sys.exit(main(["-t", "-i"], "sendmail"))
 """
 
@@ -284,7 +285,7 @@ def test_the_drop_socket_gets_the_message_in_parts_not_one_copy(tmp_path: Path) 
 
     standin = StandIn(path, serve)
     try:
-        smtp_client_lite.hand_over(str(path), b"a" * 100_000, b"b" * 100_000, b"END\n")
+        socket_client.hand_over(str(path), b"a" * 100_000, b"b" * 100_000, b"END\n")
     finally:
         standin.close()
     assert b"".join(got) == b"a" * 100_000 + b"b" * 100_000 + b"END\n"

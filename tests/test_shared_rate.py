@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import envelope
-from agent.queue import Queue
+from agent.queue import queue_file
+from agent.queue.store import Queue
 from tests.support.agent_env import AgentEnv, wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.relay_standin import RelayStandin
@@ -22,7 +22,7 @@ def _fill(env: AgentEnv, n: int, tag: str) -> None:
     q = Queue(str(env.queue_dir))
     q.ensure_dirs()
     for i in range(n):
-        q.enter(envelope.Envelope("app@example.com", (f"{tag}{i}@example.net",), 0.0), BODY)
+        q.enter(queue_file.Envelope("app@example.com", (f"{tag}{i}@example.net",), 0.0), BODY)
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -102,7 +102,7 @@ def test_shared_must_be_a_redis_url_and_its_password_is_redacted(tmp_path: Path)
 def test_pacer_import_stays_out_of_agents_that_do_not_share(tmp_path: Path) -> None:
     env = AgentEnv(tmp_path)
     code = (
-        "import sys; from agent import config, pacer; "
+        "import sys; from agent import config; from agent.delivery import pacer; "
         f"p = pacer.make(config.load({str(env.config)!r})); "
         "print(json.dumps([type(p).__name__, 'redis' in sys.modules]))"
     )

@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from agent import config, envelope, listen_guard, pickup, smtp_client_lite
-from agent.cleanup import Cleanup
-from agent.dkim_sign import Signer
-from agent.drop_socket import DropServer
-from agent.queue import Queue
+from agent import config
+from agent.dkim.signing import Signer
+from agent.intake import listen_guard, pickup
+from agent.intake.cleanup import Cleanup
+from agent.intake.drop_socket import DropServer
+from agent.queue import queue_file
+from agent.queue.store import Queue
+from agent.submit import socket_client
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub
@@ -36,7 +39,7 @@ SLOW = 100  # slowloris clients on each socket
 
 
 def drop_data(rcpt: str, body: bytes = b"Subject: slow\r\n\r\nhi\r\n") -> bytes:
-    return envelope.encode(envelope.Envelope("app@example.com", (rcpt,), time.time(), (), 0), body)
+    return queue_file.encode(queue_file.Envelope("app@example.com", (rcpt,), time.time(), (), 0), body)
 
 
 def connect(path: str, tries: float = 5.0) -> socket.socket:
@@ -104,9 +107,9 @@ def arrived_once(site: AgentEnv, rcpt: str) -> None:
 
 
 def test_sendmail_gets_through_while_100_slowloris_clients_hold_each_socket(site: AgentEnv) -> None:
-    drop = smtp_client_lite.drop_path(str(site.socket))
+    drop = socket_client.drop_path(str(site.socket))
     slow = [
-        Slowloris(drop, envelope.MAGIC, SLOW),
+        Slowloris(drop, queue_file.MAGIC, SLOW),
         Slowloris(str(site.socket), b"EHLO slow.example\r\n", SLOW),
     ]
     try:
@@ -197,7 +200,7 @@ def test_a_hand_over_past_its_deadline_is_cut_off_and_nothing_is_stored(
     assert took < 2.0
     assert in_process.stored() == []  # neither a file nor a dot-file left behind
     # and the next one is served as ever
-    smtp_client_lite.hand_over(path, drop_data("ontime@example.net"))
+    socket_client.hand_over(path, drop_data("ontime@example.net"))
     assert len(in_process.stored()) == 1
 
 
@@ -231,14 +234,14 @@ def test_past_the_cap_a_hand_over_gets_421_at_once(in_process: InProcess) -> Non
     try:
         time.sleep(0.2)
         t0 = time.monotonic()
-        with pytest.raises(smtp_client_lite.Lost, match="421"):  # sendmail then uses the maildrop
-            smtp_client_lite.hand_over(path, drop_data("busy@example.net"))
+        with pytest.raises(socket_client.Lost, match="421"):  # sendmail then uses the maildrop
+            socket_client.hand_over(path, drop_data("busy@example.net"))
         assert time.monotonic() - t0 < 0.5
     finally:
         for s in idle:
             s.close()
     time.sleep(0.3)
-    smtp_client_lite.hand_over(path, drop_data("free@example.net"))
+    socket_client.hand_over(path, drop_data("free@example.net"))
     assert len(in_process.stored()) == 1
 
 
@@ -289,7 +292,7 @@ def test_out_of_descriptors_logs_a_line_not_a_traceback_per_accept_and_recovers(
     try:
         assert agent.proc is not None
         subprocess.run(["prlimit", f"--pid={agent.proc.pid}", "--nofile=96:96"], check=True)
-        for path in (str(agent.socket), smtp_client_lite.drop_path(str(agent.socket))):
+        for path in (str(agent.socket), socket_client.drop_path(str(agent.socket))):
             for _ in range(150):  # more than the limit leaves: the rest wait in the backlog
                 try:
                     clients.append(connect(path, tries=0.2))
@@ -307,7 +310,7 @@ def test_out_of_descriptors_logs_a_line_not_a_traceback_per_accept_and_recovers(
         rcpt = f"after-emfile-{os.urandom(3).hex()}@example.net"
         wait_until(agent.listening, 5)
         assert agent.smtp_data(b"Subject: again\r\n\r\nhi\r\n", rcpt=rcpt)[0] == 250
-        smtp_client_lite.hand_over(smtp_client_lite.drop_path(str(agent.socket)), drop_data(rcpt + ".drop"))
+        socket_client.hand_over(socket_client.drop_path(str(agent.socket)), drop_data(rcpt + ".drop"))
         wait_until(lambda: sum(rcpt in m.rcpt_tos for m in relay_standin.messages) == 1, 10)
         assert "Traceback" not in agent.log()
     finally:
@@ -339,7 +342,7 @@ def test_five_concurrent_20mb_hand_overs_keep_the_daemon_small(tmp_path: Path) -
 
         def hand(data: bytes) -> None:
             try:
-                smtp_client_lite.hand_over(smtp_client_lite.drop_path(str(agent.socket)), data)
+                socket_client.hand_over(socket_client.drop_path(str(agent.socket)), data)
                 replies.append("ok")
             except Exception as exc:  # reported below
                 replies.append(exc)

@@ -7,7 +7,7 @@ SMTP on the Unix socket, SMTP on the loopback listener (`[listen] smtp`), `sendm
 stand-in. Whatever comes in must leave as exactly one message, the smuggled text inside its body,
 and the relay must see one MAIL FROM for it.
 
-The body arrives as documented: bare LF and bare CR become CRLF (agent/headers.py to_crlf), and
+The body arrives as documented: bare LF and bare CR become CRLF (agent/mail/headers.py to_crlf), and
 over SMTP a line (CRLF-delimited) that begins with "." loses that dot (RFC 5321 4.5.2: the
 client should have doubled it; the attacker's `\\r\\n.\\n` did not).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.headers import to_crlf
+from agent.mail.headers import to_crlf
 from tests.support.agent_env import AgentEnv, traversable_tmp, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.test_sendmail_callers import write_stub

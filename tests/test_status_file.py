@@ -1,4 +1,4 @@
-"""agent.status_file: status.json written atomically from the counters, read tolerantly."""
+"""agent.status.snapshot: status.json written atomically from the counters, read tolerantly."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from agent import status_file
-from agent.counters import Counters
+from agent.status import snapshot
+from agent.status.counters import Counters
 
 
 def test_written_from_the_counters_and_read_back(tmp_path: Path) -> None:
     counters = Counters(sent=3, deferred=1)
     counters.relay_suspended = "delivery temporarily suspended: connect to relay: refused"
-    path = status_file.path_in(str(tmp_path))
-    status_file.write(path, counters)
-    saved = status_file.read(str(tmp_path))
+    path = snapshot.path_in(str(tmp_path))
+    snapshot.write(path, counters)
+    saved = snapshot.read(str(tmp_path))
     assert saved["pid"] == os.getpid() and saved["counters"]["sent"] == 3
-    assert status_file.counts(saved) == {"sent": 3, "deferred": 1, "bounced": 0}
-    assert status_file.relay_suspended(str(tmp_path)) == counters.relay_suspended
+    assert snapshot.counts(saved) == {"sent": 3, "deferred": 1, "bounced": 0}
+    assert snapshot.relay_suspended(str(tmp_path)) == counters.relay_suspended
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert os.listdir(tmp_path) == ["status.json"]
 
@@ -32,9 +32,9 @@ def test_written_from_the_counters_and_read_back(tmp_path: Path) -> None:
 def test_a_missing_or_garbled_file_reads_as_nothing_known(tmp_path: Path, text: str | None) -> None:
     if text is not None:
         (tmp_path / "status.json").write_text(text)
-    saved = status_file.read(str(tmp_path))
-    assert status_file.counts(saved) == {"sent": 0, "deferred": 0, "bounced": 0}
-    assert status_file.suspended(saved) is None
+    saved = snapshot.read(str(tmp_path))
+    assert snapshot.counts(saved) == {"sent": 0, "deferred": 0, "bounced": 0}
+    assert snapshot.suspended(saved) is None
 
 
 def test_a_suspension_ends_with_the_daemon_that_wrote_it(tmp_path: Path) -> None:
@@ -43,4 +43,4 @@ def test_a_suspension_ends_with_the_daemon_that_wrote_it(tmp_path: Path) -> None
     )
     saved = {"pid": int(gone.stdout), "relay_suspended": "delivery temporarily suspended: x"}
     (tmp_path / "status.json").write_text(json.dumps(saved))
-    assert status_file.relay_suspended(str(tmp_path)) is None
+    assert snapshot.relay_suspended(str(tmp_path)) is None

@@ -18,13 +18,17 @@ from dkim.canonicalization import CanonicalizationPolicy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import config, dkim_sign, envelope, headers, pickup
-from agent.bodystream import Read
-from agent.cleanup import Cleanup, Prepared
-from agent.dkim_body import RelaxedBodyHash
-from agent.dkim_sign import Signer
+from agent import config
+from agent.dkim import signing
+from agent.dkim.body_hash import RelaxedBodyHash
+from agent.dkim.signing import Signer
 from agent.errors import AgentError
-from agent.queue import Queue
+from agent.intake import pickup
+from agent.intake.bodystream import Read
+from agent.intake.cleanup import Cleanup, Prepared
+from agent.mail import headers
+from agent.queue import queue_file
+from agent.queue.store import Queue
 from tests.support.agent_env import AgentEnv, UnixSMTP, wait_until
 from tests.support.relay_standin import RelayStandin
 from tests.support.verify import dkim_dns_records, verify_dkimpy
@@ -95,7 +99,7 @@ def test_streaming_body_hash_of_bodies_with_nothing_but_blanks_and_empty_lines()
 def test_a_long_run_of_blanks_costs_linear_time() -> None:
     body = b"x" + b" " * 300_000 + b"y\r\n" + b" " * 300_000 + b"\r\n"
     start = time.monotonic()
-    assert dkim_sign.relaxed_body(body) == b"x y\r\n"
+    assert signing.relaxed_body(body) == b"x y\r\n"
     hasher = RelaxedBodyHash()
     for piece in pieces(body, [1 << 18]):
         hasher.update(piece)
@@ -272,10 +276,10 @@ SMUGGLE = b"".join(
 )
 
 
-def maildrop_file(tmp_path: Path, message: bytes, end: bytes = envelope.END) -> str:
-    env = envelope.Envelope("app@example.com", ("a@example.net",), time.time())
+def maildrop_file(tmp_path: Path, message: bytes, end: bytes = queue_file.END) -> str:
+    env = queue_file.Envelope("app@example.com", ("a@example.net",), time.time())
     path = tmp_path / "drop1"
-    path.write_bytes(envelope.encode(env, message)[: -len(envelope.END)] + end)
+    path.write_bytes(queue_file.encode(env, message)[: -len(queue_file.END)] + end)
     return str(path)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config, install
+from agent import config
+from agent.install import plans
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "relay-agent.service"
@@ -41,7 +42,7 @@ def unit_settings(text: str) -> dict[str, list[str]]:
 def rendered(tmp_path: Path) -> Path:
     """The unit as install writes it: ExecStart at an existing relay-agent."""
     path = tmp_path / "relay-agent.service"
-    path.write_text(install.render_unit(UNIT.read_text(), VENV_BIN))
+    path.write_text(plans.render_unit(UNIT.read_text(), VENV_BIN))
     return path
 
 
@@ -58,10 +59,10 @@ def test_verify_accepts_the_rendered_unit_without_warnings(rendered: Path) -> No
 
 def test_verify_would_catch_a_missing_binary_and_a_bad_key(tmp_path: Path) -> None:
     missing = tmp_path / "missing.service"
-    missing.write_text(install.render_unit(UNIT.read_text(), str(tmp_path / "nowhere")))
+    missing.write_text(plans.render_unit(UNIT.read_text(), str(tmp_path / "nowhere")))
     assert analyze("verify", str(missing)).returncode != 0
     typo = tmp_path / "typo.service"
-    typo.write_text(install.render_unit(UNIT.read_text(), VENV_BIN).replace("ProtectHome=", "ProtectHomee="))
+    typo.write_text(plans.render_unit(UNIT.read_text(), VENV_BIN).replace("ProtectHome=", "ProtectHomee="))
     assert "Unknown key" in analyze("verify", str(typo)).stderr
 
 
@@ -85,11 +86,11 @@ def test_security_exposure_is_at_most_two(rendered: Path) -> None:
 def test_unit_contract() -> None:
     s = unit_settings(UNIT.read_text())
     assert s["Service.Type"] == ["notify"]
-    assert s["Service.ExecStart"] == [f"{install.UNIT_EXEC} run"]
-    check = f"+{install.UNIT_EXEC} config check --quiet"
+    assert s["Service.ExecStart"] == [f"{plans.UNIT_EXEC} run"]
+    check = f"+{plans.UNIT_EXEC} config check --quiet"
     assert s["Service.ExecReload"] == [check, "/bin/kill -HUP $MAINPID"]
     assert check in s["Service.ExecStartPre"]
-    assert s["Service.User"] == [install.USER] and "Service.DynamicUser" not in s
+    assert s["Service.User"] == [plans.USER] and "Service.DynamicUser" not in s
     assert s["Service.WatchdogSec"] and s["Service.UMask"] == ["0077"]
     assert s["Service.CapabilityBoundingSet"] == [""] and s["Service.NoNewPrivileges"] == ["yes"]
     assert s["Service.RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
@@ -112,11 +113,11 @@ def test_unit_paths_match_config_defaults() -> None:
     lines = [line.split() for line in TMPFILES.read_text().splitlines() if line and not line.startswith("#")]
     dirs = {fields[1]: (fields[2], fields[3]) for fields in lines}
     assert dirs == {
-        q.path: ("0700", install.USER),
-        q.maildrop: ("1733", install.USER),
-        os.path.dirname(listen.socket): ("0755", install.USER),
+        q.path: ("0700", plans.USER),
+        q.maildrop: ("1733", plans.USER),
+        os.path.dirname(listen.socket): ("0755", plans.USER),
     }
-    assert (q.path, q.maildrop) == (install.QUEUE, install.MAILDROP)
+    assert (q.path, q.maildrop) == (plans.QUEUE, plans.MAILDROP)
 
 
 def test_sysusers_creates_the_user_in_a_root(tmp_path: Path) -> None:
@@ -130,14 +131,14 @@ def test_sysusers_creates_the_user_in_a_root(tmp_path: Path) -> None:
     ]
     assert len(entry) == 1
     _name, _, uid, gid, _, home, shell = entry[0].split(":")
-    assert int(uid) < 1000 and home == install.HOME and shell.endswith("nologin")
+    assert int(uid) < 1000 and home == plans.HOME and shell.endswith("nologin")
     assert f"relay-agent:x:{gid}:" in (tmp_path / "etc/group").read_text()
 
 
 def test_tmpfiles_creates_queue_maildrop_and_run_dir(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], check=True, capture_output=True)
-    uid = install.lookup_ids(str(tmp_path))
+    uid = plans.lookup_ids(str(tmp_path))
     assert uid is not None
     proc = subprocess.run(
         ["systemd-tmpfiles", f"--root={tmp_path}", "--create", str(TMPFILES)],
@@ -146,7 +147,7 @@ def test_tmpfiles_creates_queue_maildrop_and_run_dir(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    for path, mode in ((install.QUEUE, 0o700), (install.MAILDROP, 0o1733), ("/run/relay-agent", 0o755)):
+    for path, mode in ((plans.QUEUE, 0o700), (plans.MAILDROP, 0o1733), ("/run/relay-agent", 0o755)):
         st = os.stat(tmp_path / path.lstrip("/"))
         assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, *uid), path
 

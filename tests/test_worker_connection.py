@@ -8,10 +8,10 @@ import asyncio
 import pytest
 
 from agent.config import RelayConfig
-from agent.envelope import Envelope
-from agent.message_source import MessageSource
-from agent.relay import RelayConnection, RelayError
-from agent.worker_connection import WorkerConnection
+from agent.delivery.worker_connection import WorkerConnection
+from agent.queue.message_source import MessageSource
+from agent.queue.queue_file import Envelope
+from agent.relay.connection import RelayConnection, RelayError
 from tests.support.relay_standin import RelayStandin
 
 pytestmark = pytest.mark.timeout(60)

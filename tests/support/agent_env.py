@@ -24,7 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import dkim_keys, pickup_trigger
+from agent.dkim import key_files
+from agent.queue import trigger
 
 VENV_BIN = Path(sys.executable).parent
 RELAY_AGENT = str(VENV_BIN / "relay-agent")
@@ -86,7 +87,7 @@ class AgentEnv:
     def _write_key(self) -> None:
         self.key_file.parent.mkdir(mode=0o700, exist_ok=True)
         if "rsa" not in _KEY_CACHE:
-            _KEY_CACHE["rsa"] = dkim_keys.private_pem(dkim_keys.generate("rsa", 2048))
+            _KEY_CACHE["rsa"] = key_files.private_pem(key_files.generate("rsa", 2048))
         fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(_KEY_CACHE["rsa"])
@@ -107,8 +108,8 @@ class AgentEnv:
         self.config.write_text("\n".join(lines) + "\n")
 
     def dns_records(self) -> dict[str, str]:
-        key = dkim_keys.load_private_key(str(self.key_file))
-        return {f"sel1._domainkey.{self.domain}": dkim_keys.txt_value(key)}
+        key = key_files.load_private_key(str(self.key_file))
+        return {f"sel1._domainkey.{self.domain}": key_files.txt_value(key)}
 
     @property
     def env(self) -> dict[str, str]:
@@ -173,7 +174,7 @@ class AgentEnv:
 
     def poke(self) -> None:
         """What sendmail does after a maildrop write (and what any local user may do)."""
-        pickup_trigger.poke(pickup_trigger.fifo_path(str(self.socket)))
+        trigger.poke(trigger.fifo_path(str(self.socket)))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

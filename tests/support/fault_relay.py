@@ -40,7 +40,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from agent.smtpd_thread import login_authenticator
+from agent.demo.smtpd_thread import login_authenticator
 from tests.support.relay_standin import RelayStandin, _Smtp
 
 STAGES = ("greeting", "tls", "ehlo", "auth", "mail", "rcpt", "data", "body", "dot")

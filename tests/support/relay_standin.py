@@ -1,7 +1,7 @@
 """A local stand-in for the smarthost: real SMTP over TCP on 127.0.0.1, STARTTLS, AUTH, a test CA.
 
 Every end-to-end test talks to this instead of the Elastx relay. It runs aiosmtpd on its own
-event loop in its own thread (agent/smtpd_thread.py, shared with the demo's relay), so sync
+event loop in its own thread (agent/demo/smtpd_thread.py, shared with the demo's relay), so sync
 tests, async tests and daemon subprocesses can all use it.
 
 Basic use::
@@ -77,8 +77,8 @@ import pytest
 import trustme
 from aiosmtpd.smtp import Envelope, Session
 
-from agent.server_thread import ServerThread
-from agent.smtpd_thread import SmtpdThread, TlsSmtp, login_authenticator
+from agent.demo.server_thread import ServerThread
+from agent.demo.smtpd_thread import SmtpdThread, TlsSmtp, login_authenticator
 
 DEFAULT_USER = "user@example.com"
 DEFAULT_PASSWORD = "s3cret-Passw0rd"

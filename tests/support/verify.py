@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from agent import dkim_keys
+from agent.dkim import key_files
 
 RecordValue = str | Sequence[str] | Sequence[str | Sequence[str]]
 
@@ -129,25 +129,25 @@ def dkim_dns_records(cfg_or_keys: Any) -> dict[str, list[tuple[str, ...]]]:
     """
     out: dict[str, list[tuple[str, ...]]] = {}
     for domain, selector, key in _keys(cfg_or_keys):
-        value = dkim_keys.txt_value(key)
-        out[dkim_keys.record_name(domain, selector)] = [tuple(dkim_keys.split_txt(value))]
+        value = key_files.txt_value(key)
+        out[key_files.record_name(domain, selector)] = [tuple(key_files.split_txt(value))]
     return out
 
 
-def _keys(source: Any) -> Iterable[tuple[str, str, dkim_keys.PrivateKey]]:
+def _keys(source: Any) -> Iterable[tuple[str, str, key_files.PrivateKey]]:
     if hasattr(source, "keys") and not hasattr(source, "dkim") and not isinstance(source, Mapping):
         source = source.keys  # a Signer
     elif hasattr(source, "dkim"):
         source = source.dkim  # a Config
     for item in source:
         if hasattr(item, "key_file"):
-            yield item.domain, item.selector, dkim_keys.load_private_key(item.key_file)
+            yield item.domain, item.selector, key_files.load_private_key(item.key_file)
         elif hasattr(item, "key"):
             yield item.domain, item.selector, item.key
         else:
             domain, selector, key = item
             if isinstance(key, str):
-                key = dkim_keys.load_private_key(key)
+                key = key_files.load_private_key(key)
             yield domain, selector, key
 
 

@@ -1,0 +1,1 @@
+"""`relay-agent`'s subcommands (typer). Thin: the work lives in the other packages."""

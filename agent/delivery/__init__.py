@@ -1,0 +1,1 @@
+"""The daemon's way out: the scheduler, its pure decisions, retry backoff and pacing."""

@@ -1,0 +1,1 @@
+"""DKIM: which domain signs, the body hash, signing, and the key files."""

@@ -1,0 +1,1 @@
+"""`relay-agent install` / `uninstall`: the stubs, the unit, the service user, and undoing it all."""

@@ -1,0 +1,3 @@
+"""One connection to the smarthost: handshake (STARTTLS, AUTH), transactions, per-recipient results,
+credentials.
+"""
