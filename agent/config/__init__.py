@@ -7,105 +7,42 @@ exists (see agent/submit/config_cache.py); it only falls back here when it must 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
 from typing import Any
 
+from agent.config.accounts import MODES, Account, RelayConfig, check_relay, parse_accounts
+from agent.config.quotas import Quota, parse_quotas
+from agent.config.sections import (
+    Config,
+    DkimKey,
+    DnsConfig,
+    LimitsConfig,
+    ListenConfig,
+    MetricsConfig,
+    PolicyConfig,
+    QueueConfig,
+    SenderConfig,
+)
+from agent.config.values import section
 from agent.config_path import DEFAULT_PATH, ENV_VAR, find_path
 from agent.errors import ConfigError
 
-__all__ = ["DEFAULT_PATH", "ENV_VAR", "Config", "find_path", "load"]
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    host: str = "smtp.elastx.email"
-    port: int = 587
-    tls: str = "starttls"
-    username: str = ""
-    password_file: str = ""
-    ca_file: str = ""
-    timeout: float = 30.0
-    data_timeout: float = 600.0
-    helo_name: str = ""
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    path: str = "/var/spool/relay-agent"
-    maildrop: str = "/var/spool/relay-agent-maildrop"
-    min_free: int = 104857600
-    failed_keep: int = 604800
-    retry_initial: float = 60.0
-    retry_max: float = 3600.0
-    max_age: float = 432000.0
-    bounce: bool = True
-
-
-@dataclass(frozen=True)
-class ListenConfig:
-    socket: str = "/run/relay-agent/submit.sock"
-    socket_mode: str = "0666"
-    socket_group: str = ""
-    smtp: str = ""
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    rate: float = 10.0
-    max_message_size: int = 26214400
-    shared: str = ""
-    fleet_size_hint: int = 1
-    connections: int = 2
-
-
-@dataclass(frozen=True)
-class SenderConfig:
-    default_from: str = ""
-    rewrite_local: bool = True
-
-
-@dataclass(frozen=True)
-class DkimKey:
-    domain: str
-    selector: str
-    key_file: str
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: str = ""
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    unsigned: str = "reject"
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    nameserver: str = ""
-
-
-@dataclass(frozen=True)
-class Config:
-    path: str = ""
-    relay: RelayConfig = field(default_factory=RelayConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    listen: ListenConfig = field(default_factory=ListenConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    sender: SenderConfig = field(default_factory=SenderConfig)
-    aliases: dict[str, str] = field(default_factory=dict)
-    dkim: tuple[DkimKey, ...] = ()
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    dns: DnsConfig = field(default_factory=DnsConfig)
-    hostname: str = ""
-
-    @property
-    def helo_name(self) -> str:
-        return self.relay.helo_name or self.hostname
+__all__ = [
+    "DEFAULT_PATH",
+    "ENV_VAR",
+    "Account",
+    "Config",
+    "DkimKey",
+    "QueueConfig",
+    "Quota",
+    "RelayConfig",
+    "find_path",
+    "from_dict",
+    "load",
+    "redacted",
+]
 
 
 def load(cli_path: str | None = None) -> Config:
@@ -122,39 +59,6 @@ def load(cli_path: str | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return from_dict(data, path=path)
-
-
-def _section(data: dict[str, Any], name: str, cls: type[Any]) -> Any:
-    raw = data.get(name, {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            raise ConfigError(f"{name}.{key}: unknown key")
-        values[key] = _coerce(f"{name}.{key}", value, known[key].default)
-    return cls(**values)
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if any(c in value for c in "\r\n\0"):
-        raise ConfigError(f"{key}: must not contain CR, LF or NUL")
-    return value
 
 
 def _dkim_keys(data: dict[str, Any]) -> tuple[DkimKey, ...]:
@@ -191,12 +95,11 @@ def _aliases(data: dict[str, Any]) -> dict[str, str]:
 
 def _validate(cfg: Config) -> None:
     r, q, lim = cfg.relay, cfg.queue, cfg.limits
-    if r.tls not in ("starttls", "implicit"):
-        raise ConfigError(f'relay.tls: must be "starttls" or "implicit", got {r.tls!r}')
-    if not 0 < r.port < 65536:
-        raise ConfigError(f"relay.port: {r.port} is not a TCP port")
-    if r.timeout <= 0 or r.data_timeout <= 0:
-        raise ConfigError("relay.timeout / relay.data_timeout: must be > 0")
+    check_relay("relay", r)
+    if r.mode not in MODES:
+        raise ConfigError(f'relay.mode: must be "relay" or "capture", got {r.mode!r}')
+    if r.mode == "capture" and not os.path.isabs(r.capture_dir):
+        raise ConfigError('relay.capture_dir: an absolute path is required with mode = "capture"')
     if q.retry_initial < 1:
         raise ConfigError("queue.retry_initial: must be >= 1")
     if q.retry_max < q.retry_initial:
@@ -215,6 +118,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("limits.fleet_size_hint: must be >= 1")
     if lim.shared and lim.shared.split("://", 1)[0] not in ("redis", "rediss", "unix"):
         raise ConfigError('limits.shared: must be a "redis://host:port/db" (or rediss://, unix://) URL')
+    _validate_part2(cfg)
     if cfg.policy.unsigned not in ("reject", "send"):
         raise ConfigError(f'policy.unsigned: must be "reject" or "send", got {cfg.policy.unsigned!r}')
     try:
@@ -233,27 +137,42 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{addr!r}: expected an email address (sender.default_from / relay.username)")
 
 
+def _validate_part2(cfg: Config) -> None:
+    lim = cfg.limits
+    if not 0 < lim.min_rate <= lim.rate:
+        raise ConfigError("limits.min_rate: must be > 0 and <= limits.rate")
+    if lim.recover_after <= 0:
+        raise ConfigError("limits.recover_after: must be > 0")
+    if lim.over_quota not in ("hold", "refuse"):
+        raise ConfigError(f'limits.over_quota: must be "hold" or "refuse", got {lim.over_quota!r}')
+    if cfg.dns.watch_interval < 0:
+        raise ConfigError("dns.watch_interval: must be >= 0 (0: off)")
+
+
 def from_dict(data: dict[str, Any], path: str = "") -> Config:
     known = {"relay", "queue", "listen", "limits", "sender", "aliases", "dkim", "metrics", "policy", "dns"}
+    known |= {"account", "quotas"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown section")
     cfg = Config(
         path=path,
-        relay=_section(data, "relay", RelayConfig),
-        queue=_section(data, "queue", QueueConfig),
-        listen=_section(data, "listen", ListenConfig),
-        limits=_section(data, "limits", LimitsConfig),
-        sender=_section(data, "sender", SenderConfig),
+        relay=section(data, "relay", RelayConfig),
+        queue=section(data, "queue", QueueConfig),
+        listen=section(data, "listen", ListenConfig),
+        limits=section(data, "limits", LimitsConfig),
+        sender=section(data, "sender", SenderConfig),
         aliases=_aliases(data),
         dkim=_dkim_keys(data),
-        metrics=_section(data, "metrics", MetricsConfig),
-        policy=_section(data, "policy", PolicyConfig),
-        dns=_section(data, "dns", DnsConfig),
+        metrics=section(data, "metrics", MetricsConfig),
+        policy=section(data, "policy", PolicyConfig),
+        dns=section(data, "dns", DnsConfig),
+        quotas=parse_quotas(data.get("quotas", {})),
         hostname=_fqdn(),
     )
     _validate(cfg)
-    return cfg
+    extra = parse_accounts(data.get("account", []), cfg.default_account)
+    return dataclasses.replace(cfg, extra_accounts=extra)
 
 
 def _fqdn() -> str:
@@ -269,8 +188,6 @@ def redacted(cfg: Config) -> dict[str, Any]:
     The relay password never lives in the config; password_file is a path, shown as is;
     a password in the limits.shared Redis URL is replaced.
     """
-    import dataclasses
-
     out = dataclasses.asdict(cfg)
     out["dkim"] = [dataclasses.asdict(k) for k in cfg.dkim]
     if "@" in cfg.limits.shared:  # redis://:password@host: keep the host, never the password
