@@ -80,7 +80,7 @@ class Daemon:
         self.signer = Signer(cfg)
         self._cleanup = Cleanup(cfg, self.signer, self.queue)
         self.counters = Counters()
-        self._password = credentials.get_password(cfg)
+        self._password = credentials.get_password(cfg.default_account)
         self.disk = DiskThread()
         self.committer = Committer(self.queue, self._queued)  # counted and scheduled once on disk
         self.scheduler = Scheduler(
@@ -182,7 +182,7 @@ class Daemon:
             cfg = config_mod.load(self.cfg.path or None)
             tls.check_ca_file(cfg.relay.ca_file)
             signer = Signer(cfg)
-            password = credentials.get_password(cfg)
+            password = credentials.get_password(cfg.default_account)
         except AgentError as exc:
             log.error("reload failed, keeping the old config: %s", exc.message)
             return

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import Config, RelayConfig
+from agent.config import Account, Config, RelayConfig, from_dict
 from agent.errors import ConfigError
 from agent.relay.credentials import NO_BACKEND, find_password
 from tests.support.relay_standin import RelayStandin
@@ -28,8 +28,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def cfg_with(password_file: str = "", username: str = "user@example.com") -> Config:
-    return Config(relay=RelayConfig(username=username, password_file=password_file))
+def cfg_with(password_file: str = "", username: str = "user@example.com") -> Account:
+    """The default account of a config with these [relay] settings."""
+    return Config(relay=RelayConfig(username=username, password_file=password_file)).default_account
 
 
 def write(path: Path, text: str, mode: int = 0o600) -> str:
@@ -147,7 +148,7 @@ def test_keyring_set_then_lookup_and_check(tmp_path: Path, relay_standin: RelayS
     # What was stored is exactly the line given, found through the keyring source.
     probe = (
         "import sys; from agent import config; from agent.relay import credentials; "
-        "f = credentials.find_password(config.load(sys.argv[1])); "
+        "f = credentials.find_password(config.load(sys.argv[1]).default_account); "
         "print(f[1]); print(f[0] == sys.argv[2])"
     )
     r = run(["-c", probe, str(cfg), relay_standin.password], tmp_path, env=env)
@@ -215,3 +216,27 @@ def test_check_relay_down(tmp_path: Path, relay_standin: RelayStandin) -> None:
     relay_standin.down()
     r = cli("check", cfg, tmp_path, env={"RELAY_AGENT_PASSWORD": relay_standin.password})
     assert r.returncode == 75 and "connect ... FAILED: Connection refused" in r.stdout
+
+
+def test_each_account_has_its_own_names_in_the_same_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = from_dict(
+        {
+            "relay": {"username": "ops@example.com"},
+            "account": [{"name": "shop-eu", "username": "m@shop.example", "domains": ["shop.example"]}],
+        }
+    )
+    shop = cfg.account("shop-eu")
+    assert shop is not None
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("RELAY_AGENT_PASSWORD", "the-default-one")
+    monkeypatch.setenv("RELAY_AGENT_PASSWORD_SHOP_EU", "shop-from-env")
+    assert find_password(shop) == ("shop-from-env", "$RELAY_AGENT_PASSWORD_SHOP_EU")
+    assert find_password(cfg.default_account) == ("the-default-one", "$RELAY_AGENT_PASSWORD")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "relay-password-shop-eu").write_text("shop-from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert find_password(shop) == ("shop-from-systemd", f"systemd credential {creds}/relay-password-shop-eu")
+    assert find_password(cfg.default_account) == ("the-default-one", "$RELAY_AGENT_PASSWORD")  # not shop's

@@ -18,7 +18,8 @@ def check_files(cfg: Config) -> None:
     """Raises ConfigError (exit 78) naming the first file that cannot be used."""
     Signer(cfg)
     tls.check_ca_file(cfg.relay.ca_file)
-    credentials.check_password_file(cfg, _service_user())
+    for account in cfg.accounts:
+        credentials.check_password_file(account, _service_user())
 
 
 def _service_user() -> tuple[int, ...]:

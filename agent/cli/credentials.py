@@ -47,7 +47,7 @@ def set_cmd(config: ConfigOpt = None) -> None:
         cfg = config_mod.load(config)
         if not cfg.relay.username:
             raise ConfigError("relay.username is not set; the keyring entry is stored under it")
-        backend = credentials.set_password(cfg, _read_password(cfg.relay.username))
+        backend = credentials.set_password(cfg.default_account, _read_password(cfg.relay.username))
     except AgentError as exc:
         raise _fail(exc) from None
     typer.echo(f"stored the relay password for {cfg.relay.username} (service relay-agent, {backend})")
@@ -80,7 +80,7 @@ def check(config: ConfigOpt = None) -> None:
         cfg = config_mod.load(config)
         if not cfg.relay.username:
             raise ConfigError("relay.username is not set")
-        found = credentials.find_password(cfg)
+        found = credentials.find_password(cfg.default_account)
         if found is None:
             raise ConfigError(f"no relay password found ({credentials.keyring_status()})")
     except AgentError as exc:

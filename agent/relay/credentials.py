@@ -1,7 +1,9 @@
 """The relay password: where it may come from, in a fixed order, and never into a log line.
 
-Order: $CREDENTIALS_DIRECTORY/relay-password (systemd), relay.password_file,
-$RELAY_AGENT_PASSWORD, the system keyring (service "relay-agent", user relay.username).
+Each relay account has its own, looked up in this order: the systemd credential
+$CREDENTIALS_DIRECTORY/relay-password (relay-password-<name> for an [[account]]), the account's
+password_file, $RELAY_AGENT_PASSWORD ($RELAY_AGENT_PASSWORD_<NAME>, upper-cased, "-" as "_"), the
+system keyring (service "relay-agent", user = the account's username).
 An empty value counts as unset, so `SetCredential=relay-password:` can stand in for a missing
 `LoadCredential=` file. `keyring` is imported only when it is actually consulted: it is slow.
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
-from agent.config import Config
+from agent.config import Account
+from agent.config.accounts import DEFAULT
 from agent.errors import ConfigError, TempError
 
 SERVICE = "relay-agent"
@@ -45,11 +49,19 @@ def _read_text(path: str, what: str) -> str:
         raise ConfigError(f"{what} {path}: not valid UTF-8") from None
 
 
-def _from_credentials_dir() -> str | None:
+def credential_name(account: Account) -> str:
+    return CREDENTIAL_NAME if account.name == DEFAULT else f"{CREDENTIAL_NAME}-{account.name}"
+
+
+def env_var(account: Account) -> str:
+    return ENV_VAR if account.name == DEFAULT else f"{ENV_VAR}_{account.name.upper().replace('-', '_')}"
+
+
+def _from_credentials_dir(account: Account) -> str | None:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = os.path.join(directory, CREDENTIAL_NAME)
+    path = os.path.join(directory, credential_name(account))
     if not os.path.exists(path):
         return None
     return _read_text(path, "systemd credential")
@@ -91,18 +103,18 @@ def _read_password_file(path: str, owners: tuple[int, ...] = ()) -> str:
         raise ConfigError(f"password_file {path}: not valid UTF-8") from None
 
 
-def _from_password_file(cfg: Config) -> str | None:
-    path = cfg.relay.password_file
+def _from_password_file(account: Account) -> str | None:
+    path = account.relay.password_file
     return _read_password_file(path) if path else None
 
 
-def check_password_file(cfg: Config, owners: tuple[int, ...] = ()) -> None:
-    """`config check`: read relay.password_file as the daemon will, ConfigError if it cannot.
+def check_password_file(account: Account, owners: tuple[int, ...] = ()) -> None:
+    """`config check`: read the account's password_file as the daemon will, ConfigError if it cannot.
 
     `owners`: uids besides root and ourselves whose file is accepted (the service user's).
     """
-    if cfg.relay.password_file:
-        _read_password_file(cfg.relay.password_file, owners)
+    if account.relay.password_file:
+        _read_password_file(account.relay.password_file, owners)
 
 
 def _backend() -> Any | None:
@@ -128,8 +140,8 @@ def keyring_status() -> str:
     return NO_BACKEND if backend is None else f"keyring backend {_backend_name(backend)}"
 
 
-def _from_keyring(cfg: Config) -> str | None:
-    if not cfg.relay.username:
+def _from_keyring(account: Account) -> str | None:
+    if not account.relay.username:
         return None
     backend = _backend()
     if backend is None:
@@ -137,20 +149,24 @@ def _from_keyring(cfg: Config) -> str | None:
     from keyring.errors import KeyringError
 
     try:
-        value = backend.get_password(SERVICE, cfg.relay.username)
+        value = backend.get_password(SERVICE, account.relay.username)
     except KeyringError as exc:
         raise TempError(f"keyring ({_backend_name(backend)}) failed: {exc}") from None
     return value if isinstance(value, str) else None
 
 
-def find_password(cfg: Config) -> tuple[str, str] | None:
+def find_password(account: Account) -> tuple[str, str] | None:
     """(password, where it came from) or None. The source is safe to print; the password is not."""
     directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
-    sources = (
-        (_from_credentials_dir, f"systemd credential {os.path.join(directory, CREDENTIAL_NAME)}"),
-        (lambda: _from_password_file(cfg), f"password_file {cfg.relay.password_file}"),
-        (lambda: os.environ.get(ENV_VAR), f"${ENV_VAR}"),
-        (lambda: _from_keyring(cfg), f"keyring (service {SERVICE}, user {cfg.relay.username})"),
+    var, user = env_var(account), account.relay.username
+    sources: tuple[tuple[Callable[[], str | None], str], ...] = (
+        (
+            lambda: _from_credentials_dir(account),
+            f"systemd credential {os.path.join(directory, credential_name(account))}",
+        ),
+        (lambda: _from_password_file(account), f"password_file {account.relay.password_file}"),
+        (lambda: os.environ.get(var), f"${var}"),
+        (lambda: _from_keyring(account), f"keyring (service {SERVICE}, user {user})"),
     )
     for lookup, origin in sources:
         value = lookup()
@@ -159,14 +175,14 @@ def find_password(cfg: Config) -> tuple[str, str] | None:
     return None
 
 
-def get_password(cfg: Config) -> str | None:
-    found = find_password(cfg)
+def get_password(account: Account) -> str | None:
+    found = find_password(account)
     return found[0] if found else None
 
 
-def set_password(cfg: Config, password: str) -> str:
+def set_password(account: Account, password: str) -> str:
     """Store the password in the keyring; returns the backend's name for the confirmation line."""
-    if not cfg.relay.username:
+    if not account.relay.username:
         raise ConfigError("relay.username is not set; the keyring entry is stored under it")
     if not password:
         raise ConfigError("refusing to store an empty password")
@@ -176,7 +192,7 @@ def set_password(cfg: Config, password: str) -> str:
     from keyring.errors import KeyringError
 
     try:
-        backend.set_password(SERVICE, cfg.relay.username, password)
+        backend.set_password(SERVICE, account.relay.username, password)
     except KeyringError as exc:
         raise TempError(f"keyring ({_backend_name(backend)}) failed: {exc}") from None
     return _backend_name(backend)
