@@ -244,11 +244,31 @@ async def run(cfg: Config) -> int:
 def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
     tasks: list[asyncio.Task[Any]] = []
     if daemon.cfg.metrics.listen:
-        from agent.status import metrics
-
-        tasks.append(asyncio.create_task(metrics.serve(daemon.cfg.metrics.listen, daemon.counters)))
+        tasks.append(asyncio.create_task(_observe(daemon)))
     startup.start(daemon.cfg.path)
     return tasks
+
+
+async def _observe(daemon: Daemon) -> None:
+    """/metrics, /healthz and /readyz on [metrics] listen, fed until the daemon stops."""
+    from agent.queue import stats
+    from agent.status import http, watch
+    from agent.status.health import Health
+    from agent.status.metrics import Metrics
+
+    cfg = daemon.cfg
+    metrics = Metrics()
+    for account in cfg.accounts:
+        metrics.add_account(account.name, account.rate)
+    health = Health(cfg.queue.retry_max, listening=True)  # run() starts this after the listeners
+    daemon.counters.sink, daemon.counters.health = metrics, health
+    server = http.start(cfg.metrics.listen, metrics, health)
+    try:
+        refresh = lambda: daemon.disk.run(stats.figures, daemon.queue)  # noqa: E731
+        await watch.loop(metrics, health, refresh, lambda: daemon.counters.moves, daemon.stop_event)
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
 
 
 def main(config_path: str | None) -> int:

@@ -195,15 +195,15 @@ def test_loopback_listener_and_metrics(tmp_path: Path, relay_standin: RelayStand
             body = (
                 urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
             )
-            if 'outcome="sent"} 1' in body:
+            if 'relay_agent_messages_total{account="default",outcome="sent"} 1.0' in body:
                 break
             time.sleep(0.1)
-        assert 'relay_agent_messages_total{outcome="queued"} 1' in body
-        assert 'relay_agent_messages_total{outcome="sent"} 1' in body
-        assert 'relay_agent_messages_total{outcome="bounced"} 0' in body
+        assert 'relay_agent_messages_total{account="default",outcome="queued"} 1.0' in body
+        assert 'relay_agent_messages_total{account="default",outcome="sent"} 1.0' in body
+        assert 'relay_agent_messages_total{account="default",outcome="bounced"} 0.0' in body
         status = json.loads(env.cli("status", "--json").stdout)
         assert status["running"] is True and status["counters"]["sent"] == 1
-        assert status["queue"] == {"queued": 0, "deferred": 0, "failed": 0}
+        assert status["queue"] == {"queued": 0, "deferred": 0, "held": 0, "failed": 0}
     finally:
         env.stop()
     status = json.loads(env.cli("status", "--json").stdout)

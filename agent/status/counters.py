@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from agent.status.accounts import AccountStatus
+
+if TYPE_CHECKING:  # prometheus-client is imported only when [metrics] listen is set
+    from agent.status.health import Health
+    from agent.status.metrics import Metrics
+
+DEFAULT = "default"
+Outcome = Literal["queued", "sent", "deferred", "bounced", "held"]
 
 
 @dataclass
@@ -13,16 +22,36 @@ class Counters:
     sent: int = 0
     deferred: int = 0
     bounced: int = 0
+    held: int = 0
+    moves: int = 0  # grows with every bump: the metrics refresh the queue's figures after a change
     last_relay_error: str | None = None
     # Why delivery is held back while the relay cannot be reached (None when it can): the daemon
     # writes it to status.json, where `mailq`, `queue list` and `status` read it for the messages
     # that wait without an attempt of their own, instead of a state file rewritten for each.
     relay_suspended: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    accounts: dict[str, AccountStatus] = field(default_factory=dict)  # by name, the default first
+    sink: Metrics | None = None  # /metrics, when it is served
+    health: Health | None = None
 
-    def bump(self, outcome: Literal["queued", "sent", "deferred", "bounced"], n: int = 1) -> None:
+    def bump(self, outcome: Outcome, n: int = 1, account: str = DEFAULT) -> None:
         setattr(self, outcome, getattr(self, outcome) + n)
+        self.moves += 1
         self.changed.set()
+        if self.sink is not None:
+            self.sink.messages.labels(account, outcome).inc(n)
+
+    def reply(self, code: str, account: str = DEFAULT) -> None:
+        """A relay reply to a transaction ("250", "421", "550"...)."""
+        if self.sink is not None:
+            self.sink.replies.labels(account, code[:3]).inc()
+
+    def delivered(self, delay: float, account: str = DEFAULT) -> None:
+        """The relay took a message `delay` seconds after it arrived."""
+        if self.sink is not None:
+            self.sink.delay.labels(account).observe(max(0.0, delay))
+        if self.health is not None:
+            self.health.accepted(account)
 
     def relay_error(self, text: str) -> None:
         self.last_relay_error = text

@@ -40,6 +40,7 @@ def snapshot(counters: Counters) -> dict[str, Any]:
         "counters": {"queued": c.queued, "sent": c.sent, "deferred": c.deferred, "bounced": c.bounced},
         "last_relay_error": c.last_relay_error,
         "relay_suspended": c.relay_suspended,
+        "accounts": [a.as_json() | {"suspended": a.suspended} for a in c.accounts.values()],
     }
 
 
