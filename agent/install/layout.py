@@ -32,7 +32,9 @@ LINKS = (
     ("/usr/sbin/sendmail", "sendmail"),
     ("/usr/bin/mailq", "mailq"),
     ("/usr/lib/sendmail", "sendmail"),
-    ("/usr/bin/newaliases", "sendmail"),  # sendmail run as newaliases is `sendmail -bi`: a no-op
+    # sendmail run as newaliases is `sendmail -bi`: a no-op. Postfix's path and Debian's MTA path.
+    ("/usr/bin/newaliases", "sendmail"),
+    ("/usr/sbin/newaliases", "sendmail"),
 )
 
 
