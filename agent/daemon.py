@@ -19,7 +19,8 @@ import time
 from typing import Any
 
 from agent import config as config_mod
-from agent.config import Config
+from agent.config import Account, Config
+from agent.delivery.domain_hold import DomainWatch
 from agent.delivery.scheduler import Scheduler
 from agent.dkim.signing import Signer
 from agent.dns import startup
@@ -72,20 +73,30 @@ def refresh_digest(cfg: Config) -> None:
     config_cache.write(cfg)  # returns False where it cannot write; never raises for that
 
 
+def passwords(cfg: Config) -> dict[str, str | None]:
+    """Each relay account's password, from where credentials finds it (read at start and on reload)."""
+    return {account.name: credentials.get_password(account) for account in cfg.accounts}
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.queue = Queue(cfg.queue.path, cfg.queue.min_free)
-        tls.check_ca_file(cfg.relay.ca_file)  # exit 78 now, not a deferral at every connect
+        for account in cfg.accounts:
+            tls.check_ca_file(account.relay.ca_file)  # exit 78 now, not a deferral at every connect
         self.signer = Signer(cfg)
         self._cleanup = Cleanup(cfg, self.signer, self.queue)
         self.counters = Counters()
-        self._password = credentials.get_password(cfg.default_account)
+        self._passwords = passwords(cfg)
         self.disk = DiskThread()
         self.committer = Committer(self.queue, self._queued)  # counted and scheduled once on disk
         self.scheduler = Scheduler(
             cfg, self.queue, self.cleanup, self.password, self.counters, self.disk, self.committer.commit
         )
+        # the sender-domain watch's holds: new mail held at cleanup, queued mail not sent
+        self.watch = DomainWatch(lambda: self.cfg, self.queue, self.disk, self.scheduler, self.counters)
+        self.scheduler.domain_hold = self.watch.held_domain
+        self._cleanup.held_domains = self.watch.holds
         self.servers: list[asyncio.AbstractServer] = []
         self.stop_event = asyncio.Event()
         self.drop: DropServer | None = None
@@ -94,8 +105,8 @@ class Daemon:
     def cleanup(self) -> Cleanup:
         return self._cleanup
 
-    def password(self) -> str | None:
-        return self._password
+    def password(self, account: Account) -> str | None:
+        return self._passwords.get(account.name)
 
     # -- start ----------------------------------------------------------------
     async def start(self) -> None:
@@ -180,9 +191,10 @@ class Daemon:
     def reload(self) -> None:
         try:
             cfg = config_mod.load(self.cfg.path or None)
-            tls.check_ca_file(cfg.relay.ca_file)
             signer = Signer(cfg)
-            password = credentials.get_password(cfg.default_account)
+            for account in cfg.accounts:
+                tls.check_ca_file(account.relay.ca_file)
+            new_passwords = passwords(cfg)
         except AgentError as exc:
             log.error("reload failed, keeping the old config: %s", exc.message)
             return
@@ -191,8 +203,9 @@ class Daemon:
         self.cfg = cfg
         self.queue.min_free = cfg.queue.min_free
         self.signer = signer
-        self._password = password
+        self._passwords = new_passwords
         self._cleanup = Cleanup(cfg, signer, self.queue)
+        self._cleanup.held_domains = self.watch.holds
         self.scheduler.reconfigure(cfg)
         refresh_digest(cfg)
         self.pickup_loop.wake.set()  # maildrop files the old limits left waiting get another look
@@ -216,10 +229,13 @@ async def run(cfg: Config) -> int:
     loop.add_signal_handler(signal.SIGINT, daemon.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     status_path = snapshot.path_in(cfg.queue.path)
+    status = snapshot.loop(
+        status_path, daemon.counters, daemon.disk.run, daemon.stop_event, daemon.watch.shown
+    )
     tasks = [
         asyncio.create_task(daemon.scheduler.run()),
         asyncio.create_task(daemon.pickup_loop.run()),
-        asyncio.create_task(snapshot.loop(status_path, daemon.counters, daemon.disk.run, daemon.stop_event)),
+        asyncio.create_task(status),
         asyncio.create_task(daemon.watchdog_loop()),
     ]
     tasks += _optional_tasks(daemon)
@@ -233,7 +249,7 @@ async def run(cfg: Config) -> int:
     await asyncio.gather(*pending, return_exceptions=True)
     daemon.committer.close()
     daemon.disk.close()
-    snapshot.write(status_path, daemon.counters)
+    snapshot.write(status_path, daemon.counters, daemon.watch.shown())
     for path in daemon.unix_paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -245,7 +261,10 @@ def _optional_tasks(daemon: Daemon) -> list[asyncio.Task[Any]]:
     tasks: list[asyncio.Task[Any]] = []
     if daemon.cfg.metrics.listen:
         tasks.append(asyncio.create_task(_observe(daemon)))
-    startup.start(daemon.cfg.path)
+    if daemon.cfg.dns.watch_interval > 0:  # its first round, at start, says what the start-up check would
+        tasks.append(asyncio.create_task(daemon.watch.run(daemon.stop_event)))
+    else:
+        startup.start(daemon.cfg.path)
     return tasks
 
 

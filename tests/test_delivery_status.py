@@ -36,7 +36,8 @@ def listed_when(agent: AgentEnv, cond: Any, timeout: float = 15.0) -> list[dict[
 def test_recipient_deferred_by_451_has_its_own_last_error(
     tmp_path: Path, relay_standin: RelayStandin
 ) -> None:
-    relay_standin.fail_next(451, "4.7.1 greylisted, come back later", stage="rcpt")
+    # 4.2.0, not 4.7.x: a 4.7.x reply is push-back (retried at the next slot), not this deferral
+    relay_standin.fail_next(451, "4.2.0 greylisted, come back later", stage="rcpt")
     agent = AgentEnv(tmp_path, relay_standin, extra=SLOW_RETRY)
     agent.start()
     try:
@@ -45,9 +46,9 @@ def test_recipient_deferred_by_451_has_its_own_last_error(
         assert [x["state"] for x in items] == ["deferred"], items
         rcpts = {r["address"]: r for r in items[0]["recipients"]}
         assert rcpts["c@example.net"]["state"] == "pending"
-        assert rcpts["c@example.net"]["last_error"] == "451 4.7.1 greylisted, come back later"
+        assert rcpts["c@example.net"]["last_error"] == "451 4.2.0 greylisted, come back later"
         assert rcpts["d@example.net"] == {"address": "d@example.net", "state": "sent", "last_error": None}
-        assert items[0]["last_error"] == "451 4.7.1 greylisted, come back later"
+        assert items[0]["last_error"] == "451 4.2.0 greylisted, come back later"
         assert agent.cli("queue", "flush").returncode == 0
         got = relay_standin.wait_for(2, timeout=15)
         assert sorted(r for m in got for r in m.rcpt_tos) == ["c@example.net", "d@example.net"]
@@ -80,7 +81,7 @@ def test_mail_held_back_while_the_relay_is_down_says_why(tmp_path: Path, relay_s
         mailq = subprocess.run([MAILQ], env=agent.env, capture_output=True, text=True, check=True).stdout
         assert mailq.count(f"({suspended})") == 2 and "3 Requests." in mailq
         status = json.loads(agent.cli("status", "--json").stdout)
-        assert status["queue"] == {"queued": 0, "deferred": 3, "failed": 0}
+        assert status["queue"] == {"queued": 0, "deferred": 3, "held": 0, "failed": 0}
         relay_standin.up()
         assert agent.cli("queue", "flush").returncode == 0
         relay_standin.wait_for(3, timeout=20)

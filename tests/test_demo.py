@@ -53,7 +53,10 @@ def test_demo_runs_end_to_end_and_never_prints_the_password() -> None:
     assert f"-> <{ALIAS_ROOT}>" in out and "-> <someone@example.net>" in out
     assert re.search(r"sendmail exit 0 in \d+ ms", out)
     assert "daemon stopped by SIGTERM: exit 0" in out
-    sent = r"\w+: to=<[^>]+>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, delay=[\d.]+, dsn=2\.0\.0, status=sent "
+    sent = (
+        r"\w+: to=<[^>]+>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, account=default, "
+        r"delay=[\d.]+, dsn=2\.0\.0, status=sent "
+    )
     assert len(re.findall(sent, out)) == 2, out
     assert "demo passed" in out and "FAILED" not in out
     assert len(proc.stdout.splitlines()) <= 35, "the demo's output should stay short"

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from agent.queue import queue_file
@@ -22,7 +23,7 @@ def _fill(env: AgentEnv, n: int, tag: str) -> None:
     q = Queue(str(env.queue_dir))
     q.ensure_dirs()
     for i in range(n):
-        q.enter(queue_file.Envelope("app@example.com", (f"{tag}{i}@example.net",), 0.0), BODY)
+        q.enter(queue_file.Envelope("app@example.com", (f"{tag}{i}@example.net",), time.time()), BODY)
 
 
 def _max_in_window(times: list[float], window: float) -> int:

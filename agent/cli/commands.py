@@ -80,6 +80,8 @@ def config_check(
         fail(exc)
     config_cache.write(cfg)  # best effort by design: returns False where it cannot write
     if not quiet:
+        if cfg.capture:  # said first: nothing is relayed from this host (the JSON names capture_dir)
+            typer.echo("mode: capture")
         typer.echo(json.dumps(config_mod.redacted(cfg), indent=2))
 
 
@@ -183,32 +185,45 @@ def queue_delete(
     typer.echo(f"deleted {deleted} message(s)")
 
 
-def _set_state(qid: str, config: str | None, new: str) -> None:
-    from agent.cli import control
-
-    cfg = load(config)
-    q = _queue(cfg)
-    qid = qid.upper()
-    if not q.exists(qid):
-        fail(AgentError(f"no message {qid} in the queue"))
-    state = q.read_state(qid)
-    state.state = new
-    state.next_attempt = 0.0
-    q.write_state(qid, state)
-    control.flush(cfg.listen.socket)
-    typer.echo(f"{qid}: {'held' if new == 'hold' else 'released'}")
-
-
 @queue_app.command("hold")
 def queue_hold(qid: str, config: ConfigOpt = None) -> None:
-    """Keep a message in the queue without trying it."""
-    _set_state(qid, config, "hold")
+    """Keep a message in the queue without trying it (until `queue release`)."""
+    from agent.cli import held
+
+    cfg = load(config)
+    try:
+        done = held.hold_one(_queue(cfg), qid)
+    except AgentError as exc:
+        fail(exc)
+    typer.echo(f"{qid.upper()}: {'held' if done else 'not held (held already, or failed)'}")
 
 
 @queue_app.command("release")
-def queue_release(qid: str, config: ConfigOpt = None) -> None:
-    """Release a held message for delivery now."""
-    _set_state(qid, config, "queued")
+def queue_release(
+    qid: Annotated[str | None, typer.Argument()] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    sender: Annotated[str | None, typer.Option("--sender")] = None,
+    domain: Annotated[str | None, typer.Option("--domain")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Release held mail for delivery now: one message (ID), all (--all), a sender's (--sender ADDR)
+    or a domain's (--domain D: its senders, and mail held for its DNS records)."""
+    from agent.cli import held
+
+    cfg = load(config)
+    q = _queue(cfg)
+    try:
+        released = held.release(q, held.pick(qid, all_, sender, domain))
+    except AgentError as exc:
+        fail(exc)
+    if qid and not released:
+        if not q.exists(qid.upper()):
+            fail(AgentError(f"no message {qid} in the queue"))
+        typer.echo(f"{qid.upper()}: not held")
+        return
+    if released:
+        held.tell_daemon(cfg)
+    typer.echo(f"{qid.upper()}: released" if qid else f"released {len(released)} message(s)")
 
 
 @app.command()
@@ -216,6 +231,7 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
     """Is the daemon running, what is queued, what has it done."""
     from agent.cli import control
     from agent.queue.view import counts
+    from agent.status import accounts as relay_accounts
     from agent.status import snapshot
 
     cfg = load(config)
@@ -224,25 +240,44 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
     saved = snapshot.read(cfg.queue.path)
     data = {
         "running": running,
-        "queue": {"queued": c["queued"] + c["hold"], "deferred": c["deferred"], "failed": c["failed"]},
+        "queue": {k: c[k] for k in ("queued", "deferred", "held", "failed")},
         "counters": snapshot.counts(saved),
         "last_relay_error": saved.get("last_relay_error"),
         "relay_suspended": snapshot.suspended(saved),
+        "accounts": relay_accounts.shown(cfg.accounts, saved),
+        "domains": snapshot.domain_verdicts(saved),
     }
     if as_json:
         typer.echo(json.dumps(data))
         return
+    if cfg.capture:  # said first: nothing is relayed from this host
+        typer.echo(f"mode: capture\ncapture_dir: {cfg.relay.capture_dir} (a Maildir; nothing is relayed)")
     typer.echo(f"daemon: {'running' if running else 'not running'}")
     q, k = data["queue"], data["counters"]
     assert isinstance(q, dict) and isinstance(k, dict)
-    typer.echo(f"queue: {q['queued']} queued, {q['deferred']} deferred, {q['failed']} failed")
+    typer.echo(
+        f"queue: {q['queued']} queued, {q['deferred']} deferred, {q['held']} held, {q['failed']} failed"
+    )
     typer.echo(f"since start: {k['sent']} sent, {k['deferred']} deferred, {k['bounced']} bounced")
     if data["last_relay_error"]:
         typer.echo(f"last relay error: {data['last_relay_error']}")
     if data["relay_suspended"]:
         typer.echo(f"{data['relay_suspended']}")
+    if cfg.extra_accounts:  # with [relay] alone, the lines above say it all
+        assert isinstance(data["accounts"], list)
+        typer.echo("\n".join(relay_accounts.lines(data["accounts"])))
+    for d in snapshot.domain_verdicts(saved):
+        typer.echo(_domain_line(d))
     if isinstance(updated := saved.get("updated"), (int, float)) and updated:
         typer.echo(f"status updated {int(time.time() - updated)}s ago")
+
+
+def _domain_line(d: dict[str, Any]) -> str:
+    """One line of the sender-domain watch's last verdict for a domain."""
+    checks = ", ".join(f"{c} {d.get(c, 'UNKNOWN')}" for c in ("token", "spf", "dkim", "dmarc"))
+    holding = "; its mail is held" if d.get("holding") else ""
+    who = f"domain {d.get('domain')} (account {d.get('account')})"
+    return f"{who}: {checks}; checked {d.get('checked')}{holding}"
 
 
 @app.command()

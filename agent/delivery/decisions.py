@@ -34,7 +34,7 @@ class Triage(Enum):
 
 def index_due(state: state_file.State, settings: QueueConfig) -> float | None:
     """When a message found on disk (at start, on flush) is due; None while it is held."""
-    if state.state == "hold":
+    if state.held:
         return None
     if state.bounce_due:
         return 0.0  # a bounce the queue could not take before the restart
@@ -44,7 +44,7 @@ def index_due(state: state_file.State, settings: QueueConfig) -> float | None:
 def triage(state: state_file.State, env: Envelope, now: float, settings: QueueConfig) -> Triage:
     if state.bounce_due:
         return Triage.BOUNCE_OWED
-    if state.state == "hold":
+    if state.held:
         return Triage.HELD
     if state.state == "failed":
         gone = backoff.failed_gone(state.failed_at, now, settings.failed_keep)
@@ -140,9 +140,12 @@ def outcome(
     now: float,
     settings: QueueConfig,
     spread: float = 0.0,
+    pushed_back: bool = False,
 ) -> Outcome:
     """Record `results` (one per pending recipient) in a copy of `state`, and decide what becomes
-    of the message. spread in [-1, 1] picks the jitter of the next attempt's delay."""
+    of the message. spread in [-1, 1] picks the jitter of the next attempt's delay. pushed_back:
+    the relay asked us to slow down (adaptive pacing took it), which is no failure of the
+    recipients: no attempt counted, no backoff, the message goes again at the next free slot."""
     new = state.copy()
     # the relay reports refused recipients before accepted ones: match by address
     by_address = {r.address: r for r in results}
@@ -159,7 +162,7 @@ def outcome(
         new.bounce_due += [e.index for e in failed]
     count = len(env.recipients)
     if new.pending(count):
-        disposition, due = Disposition.DEFERRED, _defer(new, env, entries, now, settings, spread)
+        disposition, due = Disposition.DEFERRED, _defer(new, env, entries, now, settings, spread, pushed_back)
     elif any(new.rcpt_state(i) == state_file.FAILED for i in range(count)):
         new.state, new.failed_at = "failed", now
         new.last_error = failed[-1].reply if failed else new.last_error
@@ -176,12 +179,16 @@ def _defer(
     now: float,
     settings: QueueConfig,
     spread: float,
+    pushed_back: bool = False,
 ) -> float:
     """Count the attempt, note its last temporary error, and return the next attempt's time."""
-    new.attempts += 1
     new.state = "deferred"
     temp = [e.reply for e in entries if e.verdict is Verdict.DEFERRED]
     new.last_error = temp[-1] if temp else new.last_error
+    if pushed_back:
+        new.next_attempt = now
+        return now
+    new.attempts += 1
     delay = backoff.next_delay(new.attempts, settings.retry_initial, settings.retry_max, spread=spread)
     # never wait past the expiry time: the message bounces then
     new.next_attempt = min(now + delay, env.created + settings.max_age)

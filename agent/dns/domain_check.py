@@ -46,9 +46,18 @@ def normalize_domain(text: str) -> str:
 
 
 def sender_domains(cfg: Config) -> list[str]:
-    """Every [[dkim]] domain, then the default_from domain, deduplicated in that order."""
+    """Every [[dkim]] domain, the default_from domain, then every account's domains, deduplicated
+    in that order."""
     names = [k.domain.lower().rstrip(".") for k in cfg.dkim] + [_domain_of(cfg.sender.default_from)]
+    names += [d for account in cfg.extra_accounts for d in account.domains]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def token_check(cfg: Config, domain: str, txts: Sequence[str]) -> CheckResult:
+    """The token of the account that sends the domain's mail (its From: domain decides)."""
+    name = cfg.account_for(domain, "")
+    account = cfg.account(name) or cfg.default_account
+    return check_token(domain, account.relay.username, txts, account.name)
 
 
 def envelope_domain(cfg: Config) -> str | None:
@@ -84,7 +93,7 @@ def dkim_domain(cfg: Config, domain: str) -> str | None:
 def check_domain(cfg: Config, domain: str, lookup: Lookup) -> list[CheckResult]:
     txts = lookup(domain)
     return [
-        check_token(domain, cfg.relay.username, txts),
+        token_check(cfg, domain, txts),
         check_spf(domain, txts, lookup),
         *dkim_checks(cfg, domain, lookup),
         check_dmarc(domain, lookup, dkim_domain(cfg, domain), envelope_domain(cfg)),
@@ -101,7 +110,8 @@ def run_checks(
     names = list(dict.fromkeys(normalize_domain(d) for d in domains)) if domains else sender_domains(cfg)
     if not names:
         raise UsageError(
-            "no domain to check: give DOMAIN arguments, [[dkim]] tables or [sender] default_from"
+            "no domain to check: give DOMAIN arguments, [[dkim]] tables, [sender] default_from"
+            " or [[account]] domains"
         )
     if lookup is None:
         from agent.dns import query

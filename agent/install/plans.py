@@ -7,12 +7,13 @@ A dry run therefore shows exactly what a real run would do.
 The steps come from modules with one job each: `user` (the service user and its
 directories), `files` (systemd unit and snippets, sample config, digest), `stubs`,
 `links` with `aside` and `manifest` (what another MTA owns is put aside, never
-overwritten) and `systemd`.
+overwritten), `dropin` (the unit's drop-in for the config's accounts and capture mode) and `systemd`.
 """
 
 from __future__ import annotations
 
 from agent.install.aside import dpkg_available
+from agent.install.dropin import dropin_removal_steps, dropin_steps
 from agent.install.files import file_steps, removal_steps, render_unit
 from agent.install.layout import HOME, MAILDROP, QUEUE, UNIT_EXEC, USER
 from agent.install.links import link_steps, unlink_steps
@@ -43,6 +44,7 @@ def plan(root: str, venv_bin: str, dpkg: bool) -> list[Step]:
     """Every step of an install into `root` ("/" for this host), looking only."""
     steps = [user_step(root), *dir_steps(root)]
     steps += file_steps(root, venv_bin)
+    steps += dropin_steps(root)  # after the sample config: what the config asks of the unit
     steps += stub_steps(root, venv_bin)
     steps += link_steps(root, dpkg)
     steps += activation_steps(root, install=True)
@@ -54,6 +56,7 @@ def plan_uninstall(root: str, dpkg: bool, purge: bool) -> list[Step]:
     steps = disable_steps(root)
     steps += unlink_steps(root, dpkg)
     steps += removal_steps(root)
+    steps += dropin_removal_steps(root)
     steps += activation_steps(root, install=False)
     steps += data_steps(root, purge)
     steps += manifest_removal_steps(root)

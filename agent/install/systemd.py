@@ -36,7 +36,8 @@ def activation_steps(root: str, install: bool) -> list[Step]:
         steps.append(
             Step(
                 f"next: edit {CONFIG}, store the relay password (relay-agent credentials set, or "
-                f"{CONFIG_DIR}/relay-password 0600 root), then: systemctl enable --now relay-agent",
+                f"{CONFIG_DIR}/relay-password 0600 root; an [[account]]'s: --account NAME, or "
+                f"relay-password-NAME, then run install again), then: systemctl enable --now relay-agent",
                 noop,
             )
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.config import Config
@@ -23,7 +23,7 @@ from agent.errors import MessageError, PolicyError, TooBigError
 from agent.intake import bodystream, heap
 from agent.mail import addressing, headers, longlines
 from agent.queue.ids import new_id
-from agent.queue.queue_file import Envelope, has_bad_chars
+from agent.queue.queue_file import DEFAULT_ACCOUNT, Envelope, has_bad_chars, valid_domain
 from agent.queue.spool import SMALL, SUFFIX, Spool, Spooled, create, unlink_quiet
 from agent.queue.store import Queue
 
@@ -44,6 +44,7 @@ class Prepared:
     body: bytes  # the whole message; with a spool, its header block (and blank line)
     drafts: tuple[Draft, ...]
     spool: Spool | None = None
+    hold: tuple[str, str] | None = None  # (held_for, reason): entered held, e.g. over its quota
 
     def message(self) -> bytes:
         return signed(self.body, self.drafts)
@@ -63,6 +64,8 @@ class Cleanup:
         self.signer = signer
         self.queue = queue
         self.local_names = addressing.local_names(cfg.hostname)
+        # From: domain -> (held_for, reason) while the daemon's sender-domain watch holds its mail
+        self.held_domains: Mapping[str, tuple[str, str]] = {}
 
     def recipient(self, addr: str) -> list[str]:
         """Aliases applied; raises UnknownRecipientError / MessageError."""
@@ -89,17 +92,21 @@ class Cleanup:
         origin: str = "local",
         qid: str = "",
         now: float | None = None,
+        account: str = "",
     ) -> Prepared:
         """Everything of accepting a message but signing and writing (raises for what it
-        refuses, NoSpaceError first when the queue's file system is short of space)."""
+        refuses, NoSpaceError first when the queue's file system is short of space). `account`:
+        the relay account that sends it (a bounce: the failed message's); else chosen here."""
         self.queue.check_space()
         now = time.time() if now is None else now
         qid = qid or new_id(now)
         sender, rcpts = self.screen(sender, recipients, message)
         body = self._fix_headers(headers.to_crlf(message), sender, now)
         body = longlines.make_safe(body)
+        account = account or self.account_for(body, sender)
         body = self._received(qid, uid, origin, now) + body
-        return Prepared(qid, Envelope(sender, tuple(rcpts), now, dsn, uid), body, self._drafts(body))
+        env = Envelope(sender, tuple(rcpts), now, dsn, uid, account, message_domain(body))
+        return Prepared(qid, env, body, self._drafts(body), hold=self.domain_hold(env))
 
     def prepare_spool(
         self,
@@ -145,10 +152,11 @@ class Cleanup:
         if size > self.cfg.limits.max_message_size:
             raise TooBigError(f"message exceeds the size limit of {self.cfg.limits.max_message_size} bytes")
         sender, rcpts = self.screen_envelope(sender, recipients)
-        env = Envelope(sender, tuple(rcpts), now, dsn, uid)
         crlf = bodystream.Crlf()
         head = bodystream.read_head(read, crlf)
         fixed = self._fix_headers(head.head, sender, now)
+        account = self.account_for(fixed, sender)
+        env = Envelope(sender, tuple(rcpts), now, dsn, uid, account, message_domain(fixed))
         path = os.path.join(self.queue.tmp, qid + SUFFIX)
         body = bodystream.spool_body(head.rest, read, crlf, path)
         received = self._received(qid, uid, origin, now)
@@ -159,7 +167,8 @@ class Cleanup:
                 finally:
                     heap.give_back_memory()
             top = received + longlines.make_safe(fixed)
-            return Prepared(qid, env, top, self._drafts(top, body.body_hash), Spool(path, body.size))
+            drafts = self._drafts(top, body.body_hash)
+            return Prepared(qid, env, top, drafts, Spool(path, body.size), self.domain_hold(env))
         except BaseException:
             unlink_quiet(path)
             raise
@@ -173,7 +182,7 @@ class Cleanup:
             unlink_quiet(body.path)
             cut = message.find(b"\r\n\r\n") + 4
             if cut < 4 or len(message) <= SMALL:
-                return Prepared(qid, env, message, self._drafts(message))
+                return Prepared(qid, env, message, self._drafts(message), hold=self.domain_hold(env))
             hasher = RelaxedBodyHash()
             fd = create(body.path)
             try:
@@ -184,7 +193,7 @@ class Cleanup:
                 hasher.update(message[start : start + bodystream.CHUNK])
             top = message[:cut]
             spooled = Spool(body.path, len(message) - cut)
-            return Prepared(qid, env, top, self._drafts(top, hasher.digest()), spooled)
+            return Prepared(qid, env, top, self._drafts(top, hasher.digest()), spooled, self.domain_hold(env))
 
     def _fix_headers(self, message: bytes, sender: str, now: float) -> bytes:
         message = headers.rewrite_from(message, self._local_from)
@@ -228,6 +237,27 @@ class Cleanup:
         """A local From: (cron's `root (Cron Daemon)`) gets the same rewrite as the sender."""
         return self.sender(addr) if addressing.is_local(addr, self.local_names) else addr
 
+    def account_for(self, message: bytes, sender: str) -> str:
+        """The relay account that sends this message: chosen once, here, and kept with it."""
+        if not self.cfg.extra_accounts:
+            return DEFAULT_ACCOUNT  # no [[account]]: no header to parse
+        return self.cfg.account_for(headers.from_domain(message), sender.rpartition("@")[2])
+
+    def domain_hold(self, env: Envelope) -> tuple[str, str] | None:
+        """(held_for, reason) when its From: domain's mail is held (the relay would refuse it)."""
+        return self.held_domains.get(env.from_domain()) if self.held_domains else None
+
     def mailer_daemon(self) -> str:
         domain = self.cfg.sender.default_from.rpartition("@")[2] or self.cfg.hostname
         return f"MAILER-DAEMON@{domain}"
+
+
+def message_domain(head: bytes) -> str:
+    """The From: header's domain as the queue file keeps it ("" when it has none the file can keep)."""
+    domain = headers.from_domain(head)
+    if domain and not valid_domain(domain):
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return ""
+    return domain if valid_domain(domain) else ""

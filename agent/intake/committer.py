@@ -9,12 +9,15 @@ receiving and delivering meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from agent.errors import TempError
 from agent.intake.cleanup import Prepared
+from agent.queue import state_file
 from agent.queue.queue_file import Envelope
 from agent.queue.spool import Spooled
 from agent.queue.store import Queue
@@ -72,18 +75,47 @@ class Committer:
                 prepared.discard()
 
     def _enter(self, batch: list[tuple[Prepared, asyncio.Future[str]]]) -> list[str | BaseException]:
-        items: list[tuple[Envelope, bytes | Spooled, str]] = []
         errors: dict[int, BaseException] = {}
+        held = self._hold_first(batch, errors)
+        items: list[tuple[Envelope, bytes | Spooled, str]] = []
         for i, (prepared, _) in enumerate(batch):
+            if i in errors:
+                continue
             try:
                 items.append((prepared.envelope, prepared.content(), prepared.qid))
             except Exception as exc:  # e.g. a key that cannot sign: this message only
                 errors[i] = exc
+        entered: Iterator[str | BaseException]
         try:
             entered = iter(self.queue.enter_batch(items))
         except Exception as exc:
-            return [exc] * len(batch)
-        return [errors[i] if i in errors else next(entered) for i in range(len(batch))]
+            entered = iter([exc] * len(items))
+        results = [errors[i] if i in errors else next(entered) for i in range(len(batch))]
+        for i in held:
+            if isinstance(results[i], BaseException):  # not entered: its state file must not stay
+                with contextlib.suppress(OSError):
+                    os.unlink(self.queue.state_path(batch[i][0].qid))
+        return results
+
+    def _hold_first(
+        self, batch: list[tuple[Prepared, asyncio.Future[str]]], errors: dict[int, BaseException]
+    ) -> list[int]:
+        """A message entered held (over its quota) has its state file written, durably, before its
+        queue file appears in msg/: the scheduler never sees it unheld, and a crash in between
+        leaves an orphan state file, which recovery drops (nothing was acknowledged)."""
+        held = []
+        for i, (prepared, _) in enumerate(batch):
+            if prepared.hold is None or i in errors or self.queue.exists(prepared.qid):
+                continue  # (the last: entered before, a retried commit; its state is what it is)
+            state = state_file.State()
+            state.hold(*prepared.hold)
+            try:
+                self.queue.write_state(prepared.qid, state)
+            except OSError as exc:
+                errors[i] = TempError(f"cannot write state file: {exc.strerror}; try again later")
+                continue
+            held.append(i)
+        return held
 
 
 def _finish(

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from agent.errors import AgentError
-from agent.intake import listen_guard
+from agent.intake import listen_guard, quotas
 from agent.intake.cleanup import Cleanup
 from agent.intake.drop_handover import MALFORMED, Handover, Stage, refusal
 from agent.intake.listen_guard import DROP_HANDOVERS, OUT_OF_FDS, Episode
@@ -324,18 +324,30 @@ class DropServer:
 
     def _commit(self, h: Handover) -> str:
         assert h.pending is not None
-        name, st = h.pending.commit()
-        h.pending = None
         cleanup = self.cleanup()
+        # counted here, where it can still be refused; pickup takes the verdict by the file's name
+        book = quotas.shared(cleanup.queue.path)
+        over = book.admit(cleanup.cfg, h.uid)
+        if over is not None and cleanup.cfg.limits.over_quota == "refuse":
+            h.abort()
+            raise over.refusal()
+        book.dropped(h.pending.name, over)
+        try:
+            name, st = h.pending.commit()
+        except BaseException:
+            book.forget(h.pending.name)
+            raise
+        h.pending = None
         qid = qid_for(name, st, cleanup.queue.key())
         env = h.env
         log.info(
-            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (dropped)",
+            "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (%s)",
             qid,
             shown(env.sender),
             len(env.recipients),
             h.size,
             h.uid,
+            "dropped" if over is None else "dropped, to be held: over quota",
         )
         try:
             self.dropped()

@@ -10,6 +10,7 @@ daemon keeps running.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import logging
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from agent.errors import AgentError, ConfigError, TempError
-from agent.intake import bodystream
+from agent.intake import bodystream, quotas
 from agent.intake.cleanup import Cleanup, Prepared
 from agent.queue import queue_file
 from agent.queue.ids import qid_for
@@ -186,6 +187,7 @@ def prepare_one(maildrop: str, name: str, cleanup: Cleanup, corrupt_dir: str) ->
                 )
         finally:
             os.close(fd)
+        prepared = held_if_over(prepared, name, st, cleanup)
     except FileNotFoundError:
         return Skipped.GONE
     except Exception as exc:
@@ -221,6 +223,17 @@ def submitter(st: os.stat_result, env: queue_file.Envelope) -> int:
     return env.uid if st.st_uid == os.geteuid() else st.st_uid
 
 
+def held_if_over(prepared: Prepared, name: str, st: os.stat_result, cleanup: Cleanup) -> Prepared:
+    """Counted against its submitter's quota, and held when over it whatever limits.over_quota
+    says: its sendmail exited 0 already. The drop socket counted its own files when it stored
+    them (agent.intake.quotas): only a file the daemon owns can be one."""
+    book = quotas.shared(cleanup.queue.path)
+    counted, over = book.taken(name)
+    if not counted or st.st_uid != os.geteuid():
+        over = book.admit(cleanup.cfg, prepared.envelope.uid)
+    return prepared if over is None else dataclasses.replace(prepared, hold=(over.held_for, over.reason()))
+
+
 def after_commit(
     maildrop: str, corrupt_dir: str, picked: Picked, result: str | BaseException
 ) -> str | Skipped:
@@ -236,12 +249,13 @@ def after_commit(
         # the queued copy stays held from delivery while the file is there (agent.intake.pickup_round)
         log.warning("%s: maildrop file %s not removed yet: %s", result, shown(picked.name), exc.strerror)
     log.info(
-        "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (maildrop)",
+        "%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (%s)",
         result,
         shown(picked.sender),
         picked.nrcpt,
         picked.size,
         picked.uid,
+        "maildrop" if picked.prepared.hold is None else "maildrop, held",
     )
     return result
 

@@ -8,6 +8,7 @@ and `250` only once the message is durably queued.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from agent.errors import AgentError
-from agent.intake import bodystream
+from agent.intake import bodystream, quotas
 from agent.intake.cleanup import Cleanup, Prepared
 from agent.intake.smtp_data import SpoolingData
 from agent.queue.spool import Spool
@@ -145,8 +146,12 @@ class Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        cleanup = self.cleanup()
+        over = quotas.shared(cleanup.queue.path).would_refuse(cleanup.cfg, getattr(session, "peer_uid", -1))
+        if over is not None:  # said now, not after the whole message
+            return over.refusal().smtp_reply()
         try:
-            envelope.mail_from = self.cleanup().sender(address) if address not in ("<>", "") else ""
+            envelope.mail_from = cleanup.sender(address) if address not in ("<>", "") else ""
         except AgentError as exc:
             return exc.smtp_reply()
         envelope.mail_options.extend(options)
@@ -191,6 +196,7 @@ class Handler:
                 prepared = await bodystream.in_thread(job, Prepared.discard)
             else:  # the Python part here, on the loop; signing and the durable write beside it
                 prepared = cleanup.prepare(sender, rcpts, content, uid=uid, dsn=dsn, origin=self.origin)
+            prepared = within_quota(cleanup, prepared, uid)
             qid = await self.commit(prepared)
         except AgentError as exc:
             log.info("refused from %s uid=%d: %s", self.origin, uid, exc.message)
@@ -199,12 +205,25 @@ class Handler:
             log.exception("unexpected error while queueing")
             return "451 4.3.0 internal error; try again later"
         size = content.size if isinstance(content, Spool) else len(content)
-        log.info("%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (queued)", qid, sender, len(rcpts), size, uid)
+        how = "queued" if prepared.hold is None else "held"
+        log.info("%s: from=<%s>, nrcpt=%d, size=%d, uid=%d (%s)", qid, sender, len(rcpts), size, uid, how)
         return f"250 2.0.0 Ok: queued as {qid}"
 
     async def handle_ETRN(self, server: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
         self.on_flush()
         return "250 2.0.0 Queuing started"
+
+
+def within_quota(cleanup: Cleanup, prepared: Prepared, uid: int) -> Prepared:
+    """The message counted against its submitter's quota: as it was, or over the quota, held
+    (limits.over_quota = "hold") or refused (QuotaError: 452 4.7.1, sendmail exits 75)."""
+    over = quotas.shared(cleanup.queue.path).admit(cleanup.cfg, uid)
+    if over is None:
+        return prepared
+    if cleanup.cfg.limits.over_quota == "refuse":
+        prepared.discard()
+        raise over.refusal()
+    return dataclasses.replace(prepared, hold=(over.held_for, over.reason()))
 
 
 def factory(handler: Handler, cfg_hostname: str, max_size: int) -> Callable[[], SubmitSMTP]:

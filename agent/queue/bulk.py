@@ -13,7 +13,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from agent.durable import fsync_dir
 from agent.queue import queue_file, state_file
@@ -69,6 +69,38 @@ def entries(queue: Queue) -> Iterator[Entry]:
     """What Queue.entries yields."""
     for qid, env, size, state in scan(queue):
         yield Entry(qid, env, state or state_file.State(), size)
+
+
+Pick = Callable[[str, queue_file.Envelope, state_file.State], bool]  # (id, envelope, state): this one?
+
+
+def release(queue: Queue, pick: Pick) -> list[str]:
+    """Release the held messages `pick` chooses: each state file rewritten (durably) as queued and
+    due now; their ids. A running daemon schedules them at its next flush (`queue flush`, ETRN)."""
+    done = []
+    for qid, env, _, state in scan(queue):
+        if state is not None and state.held and pick(qid, env, state):
+            state.release()
+            queue.write_state(qid, state)
+            done.append(qid)
+    return done
+
+
+def hold(queue: Queue, pick: Pick, held_for: str, reason: str) -> list[str]:
+    """Hold the messages `pick` chooses, held or not, failed ones apart (nothing left to send);
+    their ids. Mail held for another reason keeps that reason (it is released by that one)."""
+    done = []
+    for qid, env, _, state in scan(queue):
+        state = state or state_file.State()
+        if state.state != "failed" and not state.held and pick(qid, env, state):
+            state.hold(held_for, reason)
+            queue.write_state(qid, state)
+            done.append(qid)
+    return done
+
+
+def sender_domain(env: queue_file.Envelope) -> str:
+    return env.sender.rpartition("@")[2].lower() if "@" in env.sender else ""
 
 
 def remove(queue: Queue, names: list[str]) -> None:

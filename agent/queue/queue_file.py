@@ -8,6 +8,9 @@ A queue file describes itself and is immutable once entered:
     rcpt b@example.net            (one line per recipient, in order)
     notify SUCCESS,FAILURE        (optional DSN parameters: notify, ret, envid)
     uid 1000                      (submitting uid, informational)
+    account shop                  (optional: the relay account chosen at cleanup; absent: default)
+    domain example.com            (optional: the From: header's domain, lower-cased; absent in
+                                  older files and for a From: without one: the sender's counts)
     size 1234
     <blank line>
     <exactly `size` bytes of message, CRLF line endings>
@@ -25,6 +28,9 @@ END = b"RELAY-AGENT-END\n"
 HEADER_SLACK = 1 << 20  # what a file or hand-over may hold beyond the message size limit: the envelope
 MAX_HEADER = 1 << 20  # envelope header bytes; more is garbage, not mail
 DSN_KEYS = ("notify", "ret", "envid")
+DEFAULT_ACCOUNT = "default"  # the [relay] account; a file without an `account` line belongs to it
+ACCOUNT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+DOMAIN_CHARS = ACCOUNT_CHARS | frozenset("._")
 
 
 class FormatError(ValueError):
@@ -39,7 +45,7 @@ class Envelope:
     """Immutable envelope. A plain class, not a dataclass: `dataclasses` imports
     `re` and `inspect`, which the sendmail fast path cannot afford."""
 
-    __slots__ = ("created", "dsn", "recipients", "sender", "uid")
+    __slots__ = ("account", "created", "domain", "dsn", "recipients", "sender", "uid")
 
     def __init__(
         self,
@@ -48,9 +54,14 @@ class Envelope:
         created: float,
         dsn: tuple[tuple[str, str], ...] = (),
         uid: int = -1,
+        account: str = DEFAULT_ACCOUNT,
+        domain: str = "",
     ) -> None:
-        for name, value in zip(self.__slots__, (created, dsn, recipients, sender, uid), strict=True):
+        values = (account, created, domain, dsn, recipients, sender, uid)
+        for name, value in zip(self.__slots__, values, strict=True):
             object.__setattr__(self, name, value)
+        self.account: str  # the relay account that sends it (and its bounce)
+        self.domain: str  # its From: domain ("" when unknown): what the sender-domain watch holds
         self.sender: str
         self.recipients: tuple[str, ...]
         self.created: float
@@ -61,7 +72,7 @@ class Envelope:
         raise AttributeError("Envelope is immutable")
 
     def _key(self) -> tuple[object, ...]:
-        return (self.sender, self.recipients, self.created, self.dsn, self.uid)
+        return (self.sender, self.recipients, self.created, self.dsn, self.uid, self.account, self.domain)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Envelope) and self._key() == other._key()
@@ -72,7 +83,7 @@ class Envelope:
     def __repr__(self) -> str:
         return (
             f"Envelope(sender={self.sender!r}, recipients={self.recipients!r}, created={self.created!r}, "
-            f"dsn={self.dsn!r}, uid={self.uid!r})"
+            f"dsn={self.dsn!r}, uid={self.uid!r}, account={self.account!r}, domain={self.domain!r})"
         )
 
     def dsn_param(self, key: str) -> str:
@@ -80,6 +91,10 @@ class Envelope:
             if k == key:
                 return v
         return ""
+
+    def from_domain(self) -> str:
+        """The domain its mail counts as sent from: the From: header's, else the sender's."""
+        return self.domain or (self.sender.rpartition("@")[2].lower() if "@" in self.sender else "")
 
 
 def encode(env: Envelope, message: bytes) -> bytes:
@@ -96,6 +111,14 @@ def encode_header(env: Envelope, size: int) -> bytes:
     lines += [f"{k} {clean_line(v)}\n".encode() for k, v in env.dsn if v]
     if env.uid >= 0:
         lines.append(f"uid {env.uid}\n".encode())
+    if env.account != DEFAULT_ACCOUNT:  # absent means default: files of older versions read the same
+        if not valid_account(env.account):
+            raise FormatError("bad account name")
+        lines.append(f"account {env.account}\n".encode())
+    if env.domain:
+        if not valid_domain(env.domain):
+            raise FormatError("bad From: domain")
+        lines.append(f"domain {env.domain}\n".encode())
     lines.append(f"size {size}\n\n".encode())
     return b"".join(lines)
 
@@ -120,6 +143,8 @@ def parse_header(block: bytes) -> tuple[Envelope, int]:
     created = 0.0
     size = -1
     uid = -1
+    account = DEFAULT_ACCOUNT
+    domain = ""
     rcpts: list[str] = []
     dsn: list[tuple[str, str]] = []
     for line in text.split("\n")[:-1]:
@@ -140,11 +165,29 @@ def parse_header(block: bytes) -> tuple[Envelope, int]:
             uid = read_int(value)
         elif key in DSN_KEYS:
             dsn.append((key, value))
+        elif key == "account":
+            if not valid_account(value):
+                raise FormatError(f"bad account name {value[:20]!r}")
+            account = value
+        elif key == "domain":
+            if not valid_domain(value):
+                raise FormatError(f"bad From: domain {value[:20]!r}")
+            domain = value
         else:
             raise FormatError(f"unknown envelope field {key[:20]!r}")
     if sender is None or size < 0 or not rcpts:
         raise FormatError("envelope header lacks sender, size or recipients")
-    return Envelope(sender, tuple(rcpts), created, tuple(dsn), uid), size
+    return Envelope(sender, tuple(rcpts), created, tuple(dsn), uid, account, domain), size
+
+
+def valid_account(name: str) -> bool:
+    """An account name as the config allows it: [a-z0-9-]+ (no `re`: the fast path imports this)."""
+    return bool(name) and len(name) <= 64 and ACCOUNT_CHARS.issuperset(name)
+
+
+def valid_domain(name: str) -> bool:
+    """A lower-case DNS name in ASCII (an IDN as its A-label); no `re`, as for valid_account."""
+    return bool(name) and len(name) <= 253 and DOMAIN_CHARS.issuperset(name)
 
 
 def read_float(value: str) -> float:

@@ -22,8 +22,8 @@ def iso8601(ts: float) -> str:
 
 
 def state_of(state: state_file.State) -> str:
-    if state.state == "hold":
-        return "hold"
+    if state.held:
+        return state_file.HELD
     return state.state if state.state in ("deferred", "failed") else "queued"
 
 
@@ -51,6 +51,7 @@ def item(e: Entry, suspended: str | None = None) -> dict[str, Any]:
         "attempts": state.attempts,
         "next_attempt": iso8601(state.next_attempt) if shown == "deferred" and state.next_attempt else None,
         "last_error": state.last_error or waiting or None,
+        "account": e.envelope.account,
         "recipients": rcpts,
     }
 
@@ -82,6 +83,7 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
             "next_attempt": None,
             "last_error": None,
             "recipients": [{"address": r, "state": "pending", "last_error": None} for r in env.recipients],
+            "account": None,  # chosen when the daemon picks it up (by its From: domain)
         }
 
 
@@ -132,7 +134,7 @@ class MailqText:
 
     def item(self, it: dict[str, Any]) -> None:
         state = it["state"]
-        flag = "!" if state == "hold" else "*" if state == "queued" and not it["attempts"] else " "
+        flag = "!" if state == state_file.HELD else "*" if state == "queued" and not it["attempts"] else " "
         # fromisoformat is C; time.strptime is pure Python
         arrival = datetime.datetime.fromisoformat(it["created"]).strftime(ARRIVAL)
         self._first(it["id"], flag, it["size"], arrival, it["sender"])
@@ -179,7 +181,7 @@ def mailq(queue: Queue, maildrop: str) -> str:
 
 
 def counts(items: list[dict[str, Any]]) -> dict[str, int]:
-    c = {"queued": 0, "deferred": 0, "failed": 0, "hold": 0}
+    c = {"queued": 0, "deferred": 0, "failed": 0, state_file.HELD: 0}
     for it in items:
         c[it["state"]] = c.get(it["state"], 0) + 1
     return c

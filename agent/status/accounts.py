@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.config import Account
 
 
 @dataclass
@@ -32,3 +35,27 @@ def from_saved(saved: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         return []
     return [a for a in raw if isinstance(a, dict) and isinstance(a.get("name"), str)]
+
+
+def shown(accounts: tuple[Account, ...], saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """`status`'s "accounts": every configured account, with the daemon's figures where it has them."""
+    by_name = {a["name"]: a for a in from_saved(saved)}
+    out = []
+    for acc in accounts:
+        base = AccountStatus(acc.name, acc.relay.username, acc.rate, acc.rate).as_json()
+        known = by_name.get(acc.name, {})
+        if known.get("rate") == acc.rate:  # the daemon runs with this config's rate
+            base["effective_rate"] = known.get("effective_rate", acc.rate)
+        base["last_relay_error"] = known.get("last_relay_error")
+        out.append(base)
+    return out
+
+
+def lines(accounts: list[dict[str, Any]]) -> list[str]:
+    """`status`'s text: one line per account (and its last relay error)."""
+    out = []
+    for a in accounts:
+        out.append(f"account {a['name']} ({a['username'] or 'no username'}): {a['effective_rate']:.4g} msg/s")
+        if a["last_relay_error"]:
+            out.append(f"  last relay error: {a['last_relay_error']}")
+    return out

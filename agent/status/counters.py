@@ -46,6 +46,17 @@ class Counters:
         if self.sink is not None:
             self.sink.replies.labels(account, code[:3]).inc()
 
+    def pushback(self, account: str = DEFAULT, n: int = 1) -> None:
+        """The relay pushed back `n` times (replies asking this account to send more slowly)."""
+        if self.sink is not None and n:
+            self.sink.pushback.labels(account).inc(n)
+
+    def rate(self, account: str, value: float) -> None:
+        """The account's effective rate changed (its AccountStatus already shows it)."""
+        self.changed.set()
+        if self.sink is not None:
+            self.sink.rate.labels(account).set(value)
+
     def delivered(self, delay: float, account: str = DEFAULT) -> None:
         """The relay took a message `delay` seconds after it arrived."""
         if self.sink is not None:

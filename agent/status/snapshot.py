@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # the readers (mailq, `queue list`) need neither, nor asyncio
 
     from agent.status.counters import Counters
 
-    Runner = Callable[[Callable[[str, Counters], None], str, Counters], Awaitable[None]]
+    Runner = Callable[..., Awaitable[None]]  # the disk thread's run(fn, *args)
+    Domains = Callable[[], list[dict[str, Any]]]
 
 NAME = "status.json"
 MIN_INTERVAL = 0.1  # at most ten rewrites a second under load
@@ -32,7 +33,8 @@ def path_in(queue_path: str) -> str:
     return os.path.join(queue_path, NAME)
 
 
-def snapshot(counters: Counters) -> dict[str, Any]:
+def snapshot(counters: Counters, domains: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`domains`: the sender-domain watch's last verdict per domain (empty while it is off)."""
     c = counters
     return {
         "pid": os.getpid(),
@@ -41,21 +43,24 @@ def snapshot(counters: Counters) -> dict[str, Any]:
         "last_relay_error": c.last_relay_error,
         "relay_suspended": c.relay_suspended,
         "accounts": [a.as_json() | {"suspended": a.suspended} for a in c.accounts.values()],
+        "domains": domains or [],
     }
 
 
-def write(path: str, counters: Counters) -> None:
+def write(path: str, counters: Counters, domains: list[dict[str, Any]] | None = None) -> None:
     """Replace status.json at `path` with the counters now (0600, the queue's owner reads it)."""
-    durable.write(path, json.dumps(snapshot(counters)).encode(), mode=0o600, sync=False)
+    durable.write(path, json.dumps(snapshot(counters, domains)).encode(), mode=0o600, sync=False)
 
 
-async def loop(path: str, counters: Counters, run: Runner, stop: asyncio.Event) -> None:
+async def loop(
+    path: str, counters: Counters, run: Runner, stop: asyncio.Event, domains: Domains | None = None
+) -> None:
     """Rewrite status.json through `run` (the disk thread's) after each change of `counters`, until `stop`."""
     import asyncio
 
     while not stop.is_set():
         counters.changed.clear()
-        await run(write, path, counters)
+        await run(write, path, counters, domains() if domains else None)
         changed = asyncio.ensure_future(counters.changed.wait())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait((changed, stopping), timeout=IDLE_REWRITE, return_when=asyncio.FIRST_COMPLETED)
@@ -79,6 +84,12 @@ def counts(saved: dict[str, Any]) -> dict[str, int]:
     counters = saved.get("counters")
     counters = counters if isinstance(counters, dict) else {}
     return {k: v if isinstance(v := counters.get(k), int) else 0 for k in ("sent", "deferred", "bounced")}
+
+
+def domain_verdicts(saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sender-domain watch's verdicts from what read() gave ([] when it has none)."""
+    shown = saved.get("domains")
+    return [d for d in shown if isinstance(d, dict)] if isinstance(shown, list) else []
 
 
 def suspended(saved: dict[str, Any]) -> str | None:

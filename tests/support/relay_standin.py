@@ -19,7 +19,8 @@ Pytest fixtures (import them into conftest.py): ``relay_standin`` (default setti
 
 Construction options (keyword-only):
     users        {"user@example.com": "secret"} by default; AUTH is required when non-empty;
-                 a wrong password gets 535. AUTH is offered/accepted only over TLS.
+                 a wrong password gets 535. AUTH is offered/accepted only over TLS. Several
+                 users are several relay accounts: each message records its AUTH user.
     starttls     False: offer no STARTTLS (then no AUTH is possible either).
     tls_implicit True: TLS from the first byte (port-465 style); no STARTTLS.
     bad_cert     "self-signed": the cert is not from the CA in .ca_file;
@@ -37,6 +38,8 @@ Recorded (read from any thread; lists are copies):
                        recipient), peer, connection_id, auth_user, tls, time (monotonic)
     .connections       TCP connections accepted so far
     .mail_from_times   time.monotonic() of every MAIL command (accepted or not)
+    .mail_from_times_by_user   the same per AUTH user ({user: [times]}; None: not authenticated)
+    .by_user()         {AUTH user: [Received]}: which account sent which transaction
     .auth_attempts     AUTH commands received (any outcome); .auth_users: successful logins
 
 Behaviours, settable at run time from any thread (stages: "ehlo", "mail", "rcpt", "data"; "data"
@@ -48,6 +51,12 @@ is the reply to the final "."):
     stall_next(seconds, stage="mail", count=1)          wait before replying (client timeouts)
     down() / up()                                       stop listening and cut open connections /
                                                         listen again on the same port
+    push_back(per_second, text=..., senders=None)       a relay enforcing a quota: answer `421 <text>`
+                                                        (and close) to a MAIL FROM beyond
+                                                        `per_second` accepted in the last second;
+                                                        senders: only MAIL FROMs of these addresses
+                                                        are refused (all count); None stops it.
+                                                        .pushback_times: when it refused (monotonic)
     clear()   forget recorded messages and counters;   reset()   forget behaviours
 
 CLI (runs until killed; one JSON line per message on stdout, the listening line on stderr)::
@@ -163,7 +172,8 @@ class _Smtp(TlsSmtp):
         await super().smtp_AUTH(arg)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self.standin._note_mail_from()
+        session = self.session
+        self.standin._note_mail_from(session.auth_data if session and session.authenticated else None)
         arg, self.raw_mail_options = self._split_params(arg, ("RET", "ENVID"))
         await super().smtp_MAIL(arg)
 
@@ -225,11 +235,15 @@ class RelayStandin(SmtpdThread[Received]):
         self.ca_file = os.path.join(self._dir, "ca.pem")
         pki.ca.cert_pem.write_to_path(self.ca_file)
         self._mail_from_times: list[float] = []
+        self._mail_from_by_user: dict[str | None, list[float]] = {}
         self._auth_attempts = 0
         self._connections = 0
         self._actions: dict[str, deque[_Action]] = {s: deque() for s in STAGES}
         self._rejects: dict[str, tuple[int, str]] = {}
         self._live: set[_Smtp] = set()
+        self._quota: tuple[int, str, frozenset[str] | None] | None = None
+        self._accepted_mail: deque[float] = deque()
+        self._pushback_times: list[float] = []
 
     # ----- lifecycle -----
 
@@ -281,6 +295,17 @@ class RelayStandin(SmtpdThread[Received]):
             return list(self._mail_from_times)
 
     @property
+    def mail_from_times_by_user(self) -> dict[str | None, list[float]]:
+        with self._cond:
+            return {user: list(times) for user, times in self._mail_from_by_user.items()}
+
+    def by_user(self) -> dict[str | None, list[Received]]:
+        out: dict[str | None, list[Received]] = {}
+        for msg in self.messages:
+            out.setdefault(msg.auth_user, []).append(msg)
+        return out
+
+    @property
     def auth_attempts(self) -> int:
         with self._cond:
             return self._auth_attempts
@@ -305,8 +330,10 @@ class RelayStandin(SmtpdThread[Received]):
         with self._cond:
             self._messages.clear()
             self._mail_from_times.clear()
+            self._mail_from_by_user.clear()
             self._auth_attempts = 0
             self._connections = 0
+            self._pushback_times.clear()
 
     def relay_settings(self, host: str | None = None) -> dict[str, Any]:
         """The [relay] config table that points at this stand-in (no password: see .password)."""
@@ -342,6 +369,41 @@ class RelayStandin(SmtpdThread[Received]):
     def stall_next(self, seconds: float, stage: str = "mail", count: int = 1) -> None:
         self._push(stage, _Action("stall", seconds=seconds), count)
 
+    def push_back(
+        self,
+        per_second: int | None,
+        text: str = "4.7.0 Too many messages, slow down",
+        senders: tuple[str, ...] | None = None,
+    ) -> None:
+        with self._cond:
+            if per_second is None:
+                self._quota = None
+                return
+            only = frozenset(a.lower() for a in senders) if senders is not None else None
+            self._quota = (per_second, text, only)
+            self._accepted_mail.clear()
+
+    @property
+    def pushback_times(self) -> list[float]:
+        with self._cond:
+            return list(self._pushback_times)
+
+    def _over_quota(self, address: str) -> str | None:
+        """The push-back reply for this MAIL FROM, or None (then it counts in the window)."""
+        now = time.monotonic()
+        with self._cond:
+            if self._quota is None:
+                return None
+            per_second, text, only = self._quota
+            window = self._accepted_mail
+            while window and window[0] <= now - 1.0:
+                window.popleft()
+            if len(window) >= per_second and (only is None or address.strip("<>").lower() in only):
+                self._pushback_times.append(now)
+                return f"421 {text}"
+            window.append(now)
+            return None
+
     def reject_rcpt(self, address: str, code: int = 550, text: str | None = None) -> None:
         with self._cond:
             self._rejects[address.lower()] = (code, text or "5.1.1 no such user")
@@ -370,9 +432,11 @@ class RelayStandin(SmtpdThread[Received]):
         with self._cond:
             self._auth_attempts += 1
 
-    def _note_mail_from(self) -> None:
+    def _note_mail_from(self, user: str | None) -> None:
+        now = time.monotonic()
         with self._cond:
-            self._mail_from_times.append(time.monotonic())
+            self._mail_from_times.append(now)
+            self._mail_from_by_user.setdefault(user, []).append(now)
 
     async def _apply(self, server: _Smtp, stage: str) -> str | None:
         """Run a queued behaviour for this stage; a reply string overrides the normal answer."""
@@ -410,6 +474,10 @@ class RelayStandin(SmtpdThread[Received]):
         override = await self._apply(server, "mail")
         if override:
             return override
+        refusal = self._over_quota(address)
+        if refusal:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+            return refusal
         envelope.mail_from = address  # "<>" for the null reverse-path: aiosmtpd needs it truthy
         envelope.mail_options = list(server.raw_mail_options)
         return "250 2.1.0 Ok"
