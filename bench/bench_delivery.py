@@ -15,119 +15,37 @@
 
 The upstreams are TLS ones with a test CA (tests/support/relay_standin.py, bench/tls_sink.py), not
 Postfix's smtp-sink used for the peers: relay-agent refuses AUTH without STARTTLS.
-Submitters and pushers run in a child process so they do not share the stand-in's GIL.
+Submitters and pushers (bench/delivery_clients.py) run in a child process so they do not share
+the stand-in's GIL.
+
+With `--tree PATH` (repeatable; see bench/trees.py) the unpaced figure (2., limit lifted, into
+bench/tls_sink.py) is also measured for that checkout, its own daemon on the same upstream, the
+samples interleaved (each round runs every tree once, the order reversed every other round):
+each tree's median with its 95 % bootstrap interval and this checkout's / that tree's ratio.
 
     .venv/bin/python bench/bench_delivery.py [--count 1000] [--quick] [--json OUT]
+        [--tree /tmp/before [--runs 10]]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import common
+import trees
+from delivery_clients import run_child
 from sink_relay import SinkRelay
 
 RATE_TOLERANCE = 0.02
 LIFTED_RATE = 1000.0  # the issue's figure; paced evenly, 1 ms apart
 NO_LIMIT = 1e9  # "limit lifted": the limiter never waits
 LIFTED_BUDGET = 300.0
-
-
-def socket_message(i: int) -> bytes:
-    msg = common.message().replace(b"Bcc: carol@example.net\n", b"")
-    return common.crlf(msg.replace(b"Subject: ", f"Message-ID: <bench{i}@example.com>\nSubject: ".encode()))
-
-
-# ----- child processes -----------------------------------------------------------------------
-
-
-def child_submit(sock: str, count: int, conns: int, per_conn: int) -> dict[str, Any]:
-    """Submit `count` messages over the Unix socket from `conns` threads, `per_conn` per session."""
-    import smtplib
-    import threading
-
-    from tests.support.agent_env import UnixSMTP
-
-    todo = list(range(count))
-    lock = threading.Lock()
-    errors: list[str] = []
-    sessions = [0]
-
-    def worker() -> None:
-        while True:
-            with lock:
-                batch, todo[:] = todo[:per_conn], todo[per_conn:]
-                sessions[0] += bool(batch)
-            if not batch:
-                return
-            client = UnixSMTP(sock)
-            client.ehlo("bench.localdomain")
-            for i in batch:
-                try:
-                    client.sendmail("bench@example.com", ["alice@example.net"], socket_message(i))
-                except smtplib.SMTPException as exc:
-                    errors.append(str(exc))
-            client.quit()
-
-    start = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {
-        "start": start,
-        "end": time.monotonic(),
-        "errors": errors[:3],
-        "error_count": len(errors),
-        "sessions": sessions[0],
-    }
-
-
-def child_push(port: int, ca_file: str, username: str, count: int, conns: int) -> dict[str, Any]:
-    """aiosmtplib straight at the relay stand-in over `conns` persistent TLS connections."""
-    import asyncio
-    import ssl
-
-    import aiosmtplib
-
-    password = os.environ["BENCH_RELAY_PASSWORD"]
-    ctx = ssl.create_default_context(cafile=ca_file)
-    data = socket_message(0)
-
-    async def one_connection(n: int) -> None:
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, tls_context=ctx, start_tls=True)
-        await client.connect()
-        await client.login(username, password)
-        for _ in range(n):
-            await client.sendmail("bench@example.com", ["alice@example.net"], data)
-        await client.quit()
-
-    async def run() -> None:
-        share = [count // conns + (i < count % conns) for i in range(conns)]
-        await asyncio.gather(*(one_connection(n) for n in share))
-
-    start = time.monotonic()
-    asyncio.run(run())
-    return {"start": start, "end": time.monotonic()}
-
-
-def run_child(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {args[0]} exited {proc.returncode}: {common.brief(proc.stderr)}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+RUNS, TREE_RUNS = 3, 10  # runs of each lifted variant; of the unpaced one per tree with --tree
 
 
 # ----- the three measurements ----------------------------------------------------------------
@@ -193,15 +111,11 @@ def paced_rate(count: int, rate: float, tmp: Path) -> list[common.Row]:
         ]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _lifted_once(
-    count: int, tmp: Path, conns: int, per_conn: int, upstream: str, rate: float
+    tree: trees.Tree, count: int, tmp: Path, conns: int, per_conn: int, upstream: str, rate: float
 ) -> dict[str, Any]:
-    """One run: submit `count` over the socket, wait until the upstream holds them all."""
+    """One run of the tree's daemon: submit `count` over the socket, wait until the upstream
+    holds them all."""
     from tests.support.agent_env import AgentEnv
     from tests.support.relay_standin import RelayStandin
 
@@ -209,13 +123,13 @@ def _lifted_once(
     relay: Any = SinkRelay(tmp) if upstream == "sink" else RelayStandin()
     with relay:
         env = AgentEnv(tmp, relay, rate=rate)
-        env.start(timeout=60)
+        tree.start(env, timeout=60)
         try:
             assert env.proc is not None
-            cpu0 = _cpu_seconds(env.proc.pid)
+            cpu0 = trees.cpu_seconds(env.proc.pid)
             res = run_child(["_submit", str(env.socket), str(count), str(conns), str(per_conn)])
             env.wait_queue_empty(timeout=120)
-            res["daemon_cpu_ms"] = 1000 * (_cpu_seconds(env.proc.pid) - cpu0) / count
+            res["daemon_cpu_ms"] = 1000 * (trees.cpu_seconds(env.proc.pid) - cpu0) / count
         finally:
             env.stop()
         if upstream == "sink":
@@ -231,7 +145,9 @@ def _lifted_once(
     return res
 
 
-def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int, runs: int = 3) -> list[common.Row]:
+def lifted_rate(
+    count: int, tmp: Path, conns: int, per_conn: int, tree_list: list[trees.Tree], runs: int, tree_runs: int
+) -> list[common.Row]:
     """At rate = 1000 and with the limit lifted, `runs` times per variant (the same run differs
     by up to 2x here as the host's load changes): the median run, every run's rate in the note.
 
@@ -239,22 +155,62 @@ def lifted_rate(count: int, tmp: Path, conns: int, per_conn: int, runs: int = 3)
     has many clients at once: PHP-FPM workers, cron jobs) into bench/tls_sink.py (in production
     the relay is another machine, so its CPU should not come out of the agent's two cores).
     At rate = 1000 the even limiter (one token every 1 ms) also costs each send its timer's
-    wake-up; lifted, the figure is the pipeline's alone. For comparison: the aiosmtpd relay
-    stand-in the tests use (~1.2 ms of CPU per message on the same two cores).
+    wake-up; lifted, the figure is the pipeline's alone: that one is also run for each other
+    tree, `tree_runs` times each, interleaved. For comparison: the aiosmtpd relay stand-in the
+    tests use (~1.2 ms of CPU per message on the same two cores).
     """
     sink, standin = "lean TLS sink (bench/tls_sink.py)", "aiosmtpd stand-in"
-    variants = [
+    first, rows = tree_list[0], []
+    for upstream, label, rate, budget in (
         ("sink", sink, LIFTED_RATE, True),
         ("sink", sink, NO_LIMIT, True),
         ("standin", standin, LIFTED_RATE, False),
-    ]
-    rows = []
-    for upstream, label, rate, budget in variants:
+    ):
+        if rate == NO_LIMIT and len(tree_list) > 1:
+            by_tree = unpaced(count, tmp, conns, per_conn, tree_list, tree_runs)
+            rows += _lifted_rows(by_tree[first.label], count, f"{label}, {conns} sessions", rate, budget)
+            rows += other_trees(by_tree, tree_list, count, f"{label}, {conns} sessions")
+            continue
         results = [
-            _lifted_once(count, tmp / f"{upstream}{rate:g}-{i}", conns, per_conn, upstream, rate)
+            _lifted_once(first, count, tmp / f"{upstream}{rate:g}-{i}", conns, per_conn, upstream, rate)
             for i in range(runs)
         ]
         rows += _lifted_rows(results, count, f"{label}, {conns} sessions", rate, budget)
+    return rows
+
+
+def unpaced(
+    count: int, tmp: Path, conns: int, per_conn: int, tree_list: list[trees.Tree], runs: int
+) -> dict[str, list[dict[str, Any]]]:
+    """The limit lifted into the lean sink, `runs` rounds of every tree (the order reversed every
+    other round): each tree's runs."""
+    out: dict[str, list[dict[str, Any]]] = {t.label: [] for t in tree_list}
+    for r in range(runs):
+        for t in trees.round_order(tree_list, r):
+            res = _lifted_once(t, count, tmp / f"unpaced-{t.label}-{r}", conns, per_conn, "sink", NO_LIMIT)
+            print(f"# round {r + 1} {t.label}: {res['rate']:.0f} msg/s", file=sys.stderr, flush=True)
+            out[t.label].append(res)
+    return out
+
+
+def other_trees(
+    by_tree: dict[str, list[dict[str, Any]]], tree_list: list[trees.Tree], count: int, label: str
+) -> list[common.Row]:
+    """Each other tree's unpaced rows, and this checkout's rate / its, run by run."""
+    new = tree_list[0].label
+    rows = []
+    for t in tree_list[1:]:
+        rows += _lifted_rows(by_tree[t.label], count, f"{label}, {t.label}", NO_LIMIT, False)
+        rows.append(
+            common.versus_row(
+                f"end to end, limit lifted, socket -> {label}",
+                "msg/s",
+                (new, [r["rate"] for r in by_tree[new]]),
+                (t.label, [r["rate"] for r in by_tree[t.label]]),
+                False,
+                [x["rate"] / y["rate"] for x, y in zip(by_tree[new], by_tree[t.label], strict=True)],
+            )
+        )
     return rows
 
 
@@ -265,8 +221,9 @@ def _rate_name(rate: float) -> str:
 def _lifted_rows(
     results: list[dict[str, Any]], count: int, label: str, rate: float, budget: bool
 ) -> list[common.Row]:
-    results.sort(key=lambda r: r["rate"])
-    mid = results[len(results) // 2]
+    results = sorted(results, key=lambda r: r["rate"])
+    mid = results[len(results) // 2]  # the run whose CPU and sessions the note gives
+    rate_median = common.median([r["rate"] for r in results])
     complete = all(r["arrived"] >= count for r in results)
     note = (
         f"runs {', '.join(format(r['rate'], '.0f') for r in results)} msg/s;"
@@ -275,26 +232,26 @@ def _lifted_rows(
         + f"; {mid['sessions']} socket sessions, {mid['error_count']} refused"
         + ("" if complete else f"; only {mid['arrived']}/{count} arrived")
     )
-    ok = (mid["rate"] >= LIFTED_BUDGET and complete) if budget else None
+    ok = (rate_median >= LIFTED_BUDGET and complete) if budget else None
     return [
         common.row(
             f"end to end, {_rate_name(rate)}, socket -> {label}",
-            mid["rate"],
+            rate_median,
             "msg/s",
             ">= 300 msg/s" if budget else "",
             ok,
             note,
         ),
         common.row(
-            f"submission alone (250 after DATA), {_rate_name(rate)}, {label}", mid["submit_rate"], "msg/s"
+            f"submission alone (250 after DATA), {_rate_name(rate)}, {label}",
+            common.median([r["submit_rate"] for r in results]),
+            "msg/s",
         ),
         common.row(f"relay connections used, {_rate_name(rate)}, {label}", mid["connections"], "", "few"),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1].startswith("_"):
-        return child_main(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=10.0)
@@ -302,10 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-conn", type=int, default=50, help="messages per socket session")
     ap.add_argument("--quick", action="store_true", help="30 messages, for a smoke test")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--tree", action="append", default=[], help="another checkout to measure beside this one")
+    ap.add_argument("--runs", type=int, help=f"unpaced runs per tree with --tree ({TREE_RUNS})")
     args = ap.parse_args(argv)
     count = 30 if args.quick else args.count
     per_conn = 10 if args.quick else args.per_conn
-    runs = 1 if args.quick else 3
+    runs = 1 if args.quick else RUNS
+    tree_list = trees.trees(args.tree)
+    tree_runs = args.runs or (2 if args.quick else TREE_RUNS)
     rows: list[common.Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-delivery.") as d:
         for name, job in (
@@ -313,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             ("paced", lambda: paced_rate(count, args.rate, Path(d) / "paced")),
             (
                 "lifted",
-                lambda: lifted_rate(count, Path(d) / "lifted", args.conns, per_conn, runs),
+                lambda: lifted_rate(
+                    count, Path(d) / "lifted", args.conns, per_conn, tree_list, runs, tree_runs
+                ),
             ),
         ):
             (Path(d) / name).mkdir(exist_ok=True)
@@ -323,17 +286,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(common.row(f"{name}: could not measure", None, note=common.brief(str(exc))))
     print(common.rows_table(rows))
     common.write_json(args.json, {"rows": rows})
-    return 0
-
-
-def child_main(args: list[str]) -> int:
-    if args[0] == "_submit":
-        result = child_submit(args[1], int(args[2]), int(args[3]), int(args[4]))
-    elif args[0] == "_push":
-        result = child_push(int(args[1]), args[2], args[3], int(args[4]), int(args[5]))
-    else:
-        raise SystemExit(f"unknown child mode {args[0]}")
-    print(json.dumps(result))
     return 0
 
 

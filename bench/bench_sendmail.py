@@ -1,7 +1,7 @@
 """`sendmail -t -i < 2 KB message`: latency (median, p90) and peak RSS, relay-agent vs its peers.
 
 Measured in one run, because passes differ by up to 35 % on a busy 2-core machine:
-- relay-agent's installed stub (agent.stub.render: `#!<venv python> -SE`), what `install` puts
+- relay-agent's installed stub (agent.submit.stub.render: `#!<venv python> -SE`), what `install` puts
   at /usr/sbin/sendmail: as root with the daemon running and down (the maildrop either way),
   and as nobody with it running (the drop socket), back to back and one every PACE seconds;
 - the plain console script .venv/bin/sendmail, for comparison (pip's wrapper imports `re`);
@@ -16,11 +16,17 @@ The rows compared with Postfix's (VERSUS) and Postfix's own are timed in ROUNDS 
 blocks and pooled, so drift within the run falls on both sides alike; each ratio comes with a
 95 % bootstrap interval.
 
+With `--tree PATH` (repeatable; see bench/trees.py) relay-agent's stub rows are also measured for
+that checkout, with its own daemon and its own stub, in the same rounds (the trees' order
+reversed every other round): each tree's median with its 95 % bootstrap interval and this
+checkout's / that tree's ratio with its interval. Its rows are named "LABEL: ..." ("before").
+
 Budget (README.md's figures table): the stub's median <= 20 ms and no slower than Postfix's,
 daemon up or down; the same comparison is made for a caller that is not root (PHP-FPM, most
 cron jobs).
 
     .venv/bin/python bench/bench_sendmail.py [--runs 50] [--quick] [--no-peers] [--json OUT]
+        [--tree /tmp/before [--rounds 12]]
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import common
+import trees
+from sendmail_blocks import AS_NOBODY, RSS_RUNS, Ours, pooled, summarize, timeloop
 from sink_relay import SinkRelay
 
 # (timed runs, RSS runs, as nobody, rest before each run) -> timeloop's result
@@ -43,7 +51,6 @@ Block = Callable[[int, int, bool, float], dict[str, Any]]
 
 PEERS = ("postfix", "nullmailer", "dma", "msmtp")
 BUDGET_MS = 20.0
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 AS_NOBODY_NAME = "relay-agent stub as nobody, daemon up (socket), setpriv included"
 STUB_UP, STUB_DOWN = "relay-agent stub, daemon up", "relay-agent stub, daemon down (maildrop)"
 CONSOLE_UP = "relay-agent console script, daemon up"
@@ -60,175 +67,91 @@ VERSUS = (
 )
 CONSOLE_DOWN = "relay-agent console script, daemon down (maildrop)"
 ROUNDS = 3  # the budget's rows take turns this many times (see measure_agent)
-WARMUP, RSS_RUNS = 3, 5  # untimed runs of each block (timeloop.py's --warmup) and peak-RSS runs
+# with --tree: an even number of rounds, so each tree goes first as often as the other, and
+# more runs, so that each tree's median has a narrow interval
+TREE_ROUNDS, TREE_RUNS = 12, 120
 
 
-def timeloop(
-    cmd: list[str],
-    msg: Path,
-    runs: int,
-    env: dict[str, str] | None = None,
-    prefix: list[str] | None = None,
-    python: str = sys.executable,
-    rss_runs: int = RSS_RUNS,
-    gap: float = 0.0,
-) -> dict[str, Any]:
-    """Run bench/timeloop.py (optionally inside `prefix`, e.g. a peer's namespace)."""
-    loop = [python, str(common.BENCH / "timeloop.py"), "--runs", str(runs), "--input", str(msg)]
-    loop += ["--gap", str(gap)]
-    loop += ["--warmup", str(WARMUP), "--rss-runs", str(rss_runs), "--"]
-    proc = subprocess.run(
-        [*(prefix or []), *loop, *cmd], env=env, capture_output=True, text=True, timeout=600
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
-    result: dict[str, Any] = json.loads(lines[-1])
-    if proc.stderr.strip():
-        result["stderr"] = proc.stderr.strip().splitlines()[-1]
-    return result
-
-
-def summarize(name: str, res: dict[str, Any], note: str = "") -> dict[str, Any]:
-    if "error" in res:
-        return {
-            "name": name,
-            "median_ms": None,
-            "p90_ms": None,
-            "rss_mib": None,
-            "runs": 0,
-            "failures": None,
-            "note": f"could not run: {res['error']}",
-        }
-    ms = [n / 1e6 for n in res["ns"]]
-    rss = [k / 1024 for k in res["rss_kib"]]
-    if res["failures"]:
-        note = (note + "; " if note else "") + f"{res['failures']} runs failed: {res.get('stderr', '')}"
-    return {
-        "name": name,
-        "median_ms": common.median(ms),
-        "p90_ms": common.p90(ms),
-        "rss_mib": common.median(rss) if rss else None,
-        "runs": len(ms),
-        "failures": res["failures"],
-        "note": note,
-        "samples_ms": ms,
-    }
-
-
-def stub_script(directory: Path) -> Path:
-    from agent import stub
-
-    path = directory / "sendmail"
-    path.write_text(stub.render("sendmail", stub.default_python(), stub.default_site_dirs()))
-    path.chmod(0o755)
-    return path
-
-
-def measure_agent(msg: Path, runs: int, tmp: Path, postfix: Block | None = None) -> list[dict[str, Any]]:
-    """relay-agent's rows. The budget's rows (the stub up and down, as root and as nobody) and
-    Postfix's (`postfix(n, r, as_nobody)`: one block of n timed runs with r RSS runs) take
-    turns in ROUNDS rounds, so that the VM's drift (up to 2x within the hour) cannot favour
-    either side; the console script's rows run once."""
+def measure_agent(
+    msg: Path, runs: int, tmp: Path, tree_list: list[trees.Tree], postfix: Block | None, rounds: int
+) -> list[dict[str, Any]]:
+    """relay-agent's rows, for each tree. The budget's rows (the stub up and down, as root and
+    as nobody) of every tree and Postfix's (`postfix(n, r, as_nobody)`: one block of n timed
+    runs with r RSS runs) take turns in `rounds` rounds, the trees' order reversed every other
+    round, so that the VM's drift (up to 2x within the hour) cannot favour either side; the
+    console script's rows (this checkout's only) run once."""
     from tests.support.agent_env import AgentEnv
 
-    stub, console = str(stub_script(tmp)), str(common.VENV_BIN / "sendmail")
-    # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so with
-    # the daemon up they hand mail over the socket (agent.submission.deliver); Postfix's
-    # postdrop is setgid, so for it nobody is root with setpriv's cost added
-    nobody = " ".join([*AS_NOBODY, stub])
-    rounds = ROUNDS if runs >= 10 * ROUNDS else 1
-    (tmp / "agent").mkdir()
+    rounds = min(rounds, max(1, runs // 10))  # at least 10 timed runs in a block
+    peer: dict[str, list[dict[str, Any]]] = {POSTFIX: [], POSTFIX_NOBODY: [], POSTFIX_PACED: []}
     # upstream: the lean TLS sink in its own process, as the peers' is in their namespace;
     # the aiosmtpd stand-in would spend the 2 cores that the next sendmail is timed on
     with SinkRelay(tmp) as relay:
-        ours = Ours(AgentEnv(tmp / "agent", relay), msg)
+        ours = {}
+        for t in tree_list:
+            (tmp / f"agent-{t.label}").mkdir()
+            prefix = "" if t is tree_list[0] else f"{t.label}: "
+            ours[t.label] = Ours(AgentEnv(tmp / f"agent-{t.label}", relay), msg, t, tmp, prefix)
         for r in range(rounds):
             rss = RSS_RUNS if r == 0 else 0
-            # down first: the up block's daemon takes these files in before its timing starts
-            ours.down(STUB_DOWN, stub, runs // rounds, rss)
-            ours.up(
-                [(STUB_UP, stub, 0.0), (AS_NOBODY_NAME, nobody, 0.0), (AS_NOBODY_PACED, nobody, PACE)],
-                runs // rounds,
-                rss,
-            )
+            for t in trees.round_order(tree_list, r):
+                stub_round(ours[t.label], runs // rounds, rss)
             if postfix is not None:
-                ours.blocks.setdefault(POSTFIX, []).append(postfix(runs // rounds, rss, False, 0.0))
-                ours.blocks.setdefault(POSTFIX_NOBODY, []).append(postfix(runs // rounds, rss, True, 0.0))
-                ours.blocks.setdefault(POSTFIX_PACED, []).append(postfix(runs // rounds, 0, True, PACE))
-        ours.down(CONSOLE_DOWN, console, runs, RSS_RUNS)
-        ours.up([(CONSOLE_UP, console, 0.0)], runs, RSS_RUNS)
-        relayed = f"{relay.finish()['count']}/{ours.submitted} relayed in all"
-    up = (STUB_UP, AS_NOBODY_NAME, AS_NOBODY_PACED, CONSOLE_UP)
-    results = [summarize(n, pooled(ours.blocks[n]), relayed) for n in up]
-    for name in (STUB_DOWN, CONSOLE_DOWN):
-        note = f"{ours.dropped[name]} files in maildrop, taken in by the next daemon start"
-        results.append(summarize(name, pooled(ours.blocks[name]), note))
+                peer[POSTFIX].append(postfix(runs // rounds, rss, False, 0.0))
+                peer[POSTFIX_NOBODY].append(postfix(runs // rounds, rss, True, 0.0))
+                peer[POSTFIX_PACED].append(postfix(runs // rounds, 0, True, PACE))
+        first, console = ours[tree_list[0].label], str(common.VENV_BIN / "sendmail")
+        first.down(CONSOLE_DOWN, console, runs, RSS_RUNS)
+        first.up([(CONSOLE_UP, console, 0.0)], runs, RSS_RUNS)
+        relayed = f"{relay.finish()['count']}/{sum(o.submitted for o in ours.values())} relayed in all"
+    results = [r for o in ours.values() for r in agent_rows(o, relayed)]
     if postfix is not None:
-        results.append(peer_row("postfix", ours.blocks[POSTFIX], True))
-        results.append(peer_row("postfix", ours.blocks[POSTFIX_NOBODY], True, POSTFIX_NOBODY))
-        results.append(peer_row("postfix", ours.blocks[POSTFIX_PACED], True, POSTFIX_PACED))
+        results.append(peer_row("postfix", peer[POSTFIX], True))
+        results.append(peer_row("postfix", peer[POSTFIX_NOBODY], True, POSTFIX_NOBODY))
+        results.append(peer_row("postfix", peer[POSTFIX_PACED], True, POSTFIX_PACED))
     return results
 
 
-class Ours:
-    """relay-agent's timed blocks, what they submitted and what they left in the maildrop."""
-
-    def __init__(self, env: Any, msg: Path) -> None:
-        self.env, self.msg = env, msg
-        self.blocks: dict[str, list[dict[str, Any]]] = {}
-        self.dropped: dict[str, int] = {}
-        self.submitted = 0
-
-    def _time(self, name: str, cmd: str, runs: int, rss: int, gap: float = 0.0) -> None:
-        res = timeloop([*cmd.split(), "-t", "-i"], self.msg, runs, env=self.env.env, rss_runs=rss, gap=gap)
-        self.blocks.setdefault(name, []).append(res)
-        self.submitted += runs + WARMUP + rss  # the warm-up and RSS runs are real mail too
-
-    def down(self, name: str, cmd: str, runs: int, rss: int) -> None:
-        before = _maildrop_count(self.env.maildrop)
-        self._time(name, cmd, runs, rss)
-        self.dropped[name] = self.dropped.get(name, 0) + _maildrop_count(self.env.maildrop) - before
-
-    def up(self, cmds: list[tuple[str, str, float]], runs: int, rss: int) -> None:
-        """Each command (name, command line, rest before each run) timed with the daemon
-        running, once it has taken in what the maildrop held; the queue drained before the
-        daemon stops. Paced commands take no RSS runs: their unpaced row has them."""
-        try:
-            self.env.start()
-            self.env.wait_queue_empty(60)
-        except (RuntimeError, TimeoutError) as exc:
-            for name, _, _ in cmds:
-                self.blocks.setdefault(name, []).append({"error": f"daemon: {common.brief(str(exc))}"})
-            self.env.stop()
-            return
-        try:
-            for name, cmd, gap in cmds:
-                self._time(name, cmd, runs, 0 if gap else rss, gap)
-            self.env.wait_queue_empty(60)
-        finally:
-            self.env.stop()
+def stub_round(ours: Ours, runs: int, rss: int) -> None:
+    """One round of a tree's stub blocks: with the daemon down, then up (root, nobody, paced)."""
+    # PHP-FPM and most cron jobs are not root: they cannot fsync the 1733 maildrop, so with
+    # the daemon up they hand mail over the socket (agent.submit.submission.deliver); Postfix's
+    # postdrop is setgid, so for it nobody is root with setpriv's cost added
+    nobody = " ".join([*AS_NOBODY, ours.stub])
+    # down first: the up block's daemon takes these files in before its timing starts
+    ours.down(STUB_DOWN, ours.stub, runs, rss)
+    ours.up(
+        [(STUB_UP, ours.stub, 0.0), (AS_NOBODY_NAME, nobody, 0.0), (AS_NOBODY_PACED, nobody, PACE)],
+        runs,
+        rss,
+    )
 
 
-def pooled(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row's timed blocks as one result; an error in any block is the row's."""
-    for b in blocks:
-        if "error" in b:
-            return b
-    out: dict[str, Any] = {
-        "ns": [n for b in blocks for n in b["ns"]],
-        "rss_kib": [k for b in blocks for k in b["rss_kib"]],
-        "failures": sum(b["failures"] for b in blocks),
-        "sink": sum(b.get("sink", 0) for b in blocks),
-    }
-    stderr = [b["stderr"] for b in blocks if "stderr" in b]
-    if stderr:
-        out["stderr"] = stderr[-1]
-    return out
+def agent_rows(ours: Ours, relayed: str) -> list[dict[str, Any]]:
+    rows = [
+        ours.row(n, relayed)
+        for n in (STUB_UP, AS_NOBODY_NAME, AS_NOBODY_PACED, CONSOLE_UP)
+        if ours.prefix + n in ours.blocks
+    ]
+    for name in (STUB_DOWN, CONSOLE_DOWN):
+        if ours.prefix + name in ours.blocks:
+            note = f"{ours.dropped[ours.prefix + name]} files in maildrop, taken in by the next daemon start"
+            rows.append(ours.row(name, note))
+    return rows
 
 
-def _maildrop_count(path: Path) -> int:
-    return sum(1 for n in os.listdir(path) if not n.startswith(".")) if path.is_dir() else 0
+def tree_rows(tree_list: list[trees.Tree], results: list[dict[str, Any]]) -> list[common.Row]:
+    """This checkout's stub / each other tree's, row by row, from the interleaved rounds."""
+    by = {r["name"]: r for r in results}
+    new, rows = tree_list[0].label, []
+    for t in tree_list[1:]:
+        for name in (STUB_UP, STUB_DOWN, AS_NOBODY_NAME, AS_NOBODY_PACED):
+            a, b = by.get(name, {}), by.get(f"{t.label}: {name}", {})
+            rounds = zip(a.get("block_ms", []), b.get("block_ms", []), strict=False)
+            paired = [x / y for x, y in rounds if x and y]
+            samples = (new, a.get("samples_ms", [])), (t.label, b.get("samples_ms", []))
+            rows.append(common.versus_row(name, "ms", *samples, True, paired))
+    return rows
 
 
 PLAIN = " (plain smtp-sink: no TLS, no AUTH)"
@@ -364,13 +287,19 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, help=f"timed runs per row (50; {TREE_RUNS} with --tree)")
     ap.add_argument("--quick", action="store_true", help="5 runs, for a smoke test")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--tree", action="append", default=[], help="another checkout to measure beside this one")
+    ap.add_argument(
+        "--rounds", type=int, help=f"rounds of the budget's rows ({ROUNDS}; {TREE_ROUNDS} with --tree)"
+    )
     args = ap.parse_args(argv)
-    runs = 5 if args.quick else max(args.runs, 30)
+    runs = 5 if args.quick else max(args.runs or (TREE_RUNS if args.tree else 50), 30)
+    tree_list = trees.trees(args.tree)
+    rounds = args.rounds or (TREE_ROUNDS if args.tree else ROUNDS)
     with tempfile.TemporaryDirectory(prefix="bench-sendmail.") as d:
         tmp = Path(d)
         os.chmod(tmp, 0o755)  # peers run as other users inside their namespace and read the message
@@ -385,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         postfix = None
         if ready.get("postfix") == "ok":
             postfix = lambda n, rss, nobody, gap: peer_block("postfix", msg, n, tls, rss, nobody, gap)  # noqa: E731
-        results += measure_agent(msg, runs, tmp, postfix)
+        results += measure_agent(msg, runs, tmp, tree_list, postfix, rounds)
         for p in peers:
             if ready[p] != "ok":
                 results.append(summarize(p, {"error": ready[p]}))
@@ -393,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(peer_row(p, [peer_block(p, msg, runs, tls)], True))
         if ready.get("postfix") == "ok" and peer_check("postfix", None) == "ok":
             results.append(peer_row("postfix", [peer_block("postfix", msg, runs, None)], False))
-    rows = budget_rows(results)
+    rows = budget_rows(results) + tree_rows(tree_list, results)
     print(results_table(results))
     print()
     print(common.rows_table(rows))

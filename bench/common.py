@@ -68,6 +68,50 @@ def ratio_interval(
     return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
+def median_interval(xs: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of median(xs)."""
+    rng = random.Random(seed)
+    meds = sorted(median(rng.choices(xs, k=len(xs))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def versus_row(
+    what: str,
+    unit: str,
+    new: tuple[str, Sequence[float]],
+    old: tuple[str, Sequence[float]],
+    lower_better: bool,
+    paired: Sequence[float] = (),
+) -> Row:
+    """new's median / old's, from samples interleaved in one run, with each median's 95 % bootstrap
+    interval and the ratio's. The verdict is the issue's "no slower beyond the bootstrap interval":
+    slower only when the whole interval of the ratio lies on the slow side of 1. `paired`: the
+    same ratio round by round (each round ran both sides back to back), shown beside it because
+    it does not carry the load's swings between rounds."""
+    (new_label, xs), (old_label, ys) = new, old
+    if not xs or not ys:
+        return row(f"{what}, {new_label} / {old_label}", None, "", "", None, "a side was not measured")
+    low, high = ratio_interval(xs, ys)
+    ratio = median(xs) / median(ys)
+    parts = []
+    for label, zs in new, old:
+        a, b = median_interval(zs)
+        parts.append(f"{label} {median(zs):.2f} {unit} ({a:.2f}-{b:.2f}, n={len(zs)})")
+    note = "; ".join(parts) + f"; ratio 95 % interval {low:.2f}-{high:.2f} (bootstrap)"
+    if len(paired) > 1:
+        a, b = median_interval(paired)
+        note += f"; paired by round {median(paired):.2f} ({a:.2f}-{b:.2f}, {len(paired)} rounds)"
+    slower = low > 1.0 if lower_better else high < 1.0
+    return row(
+        f"{what}, {new_label} / {old_label}",
+        ratio,
+        f"x {old_label}",
+        "no slower beyond the 95 % interval",
+        not slower,
+        note,
+    )
+
+
 def row(
     what: str,
     value: float | str | None,
@@ -117,17 +161,17 @@ def crlf(message: bytes) -> bytes:
 def write_queue_files(
     queue_dir: Path, count: int, message: bytes, recipient: str = "alice@example.net"
 ) -> None:
-    """A benchmark fixture: `count` fresh queue files in the exact agent/envelope.py format.
+    """A benchmark fixture: `count` fresh queue files in the exact agent/queue/queue_file.py format.
 
     Written directly and without fsync (Queue.enter fsyncs each file and the directory, which
     takes minutes for 100,000); ids are made from consecutive microseconds so they are unique
-    and sort by arrival, as agent.queue_ids.new_id's would.
+    and sort by arrival, as agent.queue.ids.new_id's would.
     """
     import time
 
-    from agent import envelope as fmt
-    from agent.queue import Queue
-    from agent.queue_ids import new_id
+    from agent.queue import queue_file
+    from agent.queue.ids import new_id
+    from agent.queue.store import Queue
 
     q = Queue(str(queue_dir))
     q.ensure_dirs()
@@ -135,8 +179,8 @@ def write_queue_files(
     base = time.time() - count * 1e-6
     for i in range(count):
         now = base + i * 1e-6
-        data = fmt.encode(
-            fmt.Envelope(sender="bench@example.com", recipients=(recipient,), created=now), body
+        data = queue_file.encode(
+            queue_file.Envelope(sender="bench@example.com", recipients=(recipient,), created=now), body
         )
         qid = new_id(now)
         fd = os.open(os.path.join(q.msg, qid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

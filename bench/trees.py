@@ -4,11 +4,13 @@
     .venv/bin/python bench/bench_memory.py --tree /work/before-bench
 
 Both trees run on this checkout's venv (its interpreter and installed dependencies): the
-daemon as `python -P -c 'from agent.entry import main; main()'` with PYTHONPATH=TREE (the
+daemon as `python -P -c 'from agent.main import main; main()'` with PYTHONPATH=TREE (the
 venv's editable finder comes after PYTHONPATH, and -P keeps the current directory off the
-path), and `sendmail` as the `#!python -SE` stub that the tree's OWN agent.stub renders
+path), and `sendmail` as the `#!python -SE` stub that the tree's OWN agent.submit.stub renders
 (what its `relay-agent install` would put at /usr/sbin/sendmail), with TREE first on its path.
 The test environment (config, key, relay settings) is this checkout's tests/support/agent_env.
+Either tree may predate the folder split (its entry point agent.entry, its stub agent.stub): the
+-c code below imports whichever module the tree has.
 """
 
 from __future__ import annotations
@@ -21,11 +23,34 @@ from typing import Any
 
 import common
 
-DAEMON_CODE = "import sys; sys.argv[0] = 'relay-agent'; from agent.entry import main; main()"
-STUB_CODE = (
-    "import sys; from agent import stub; "
-    "sys.stdout.write(stub.render('sendmail', stub.default_python(), stub.default_site_dirs()))"
+
+def _either(new: str, old: str, path: str) -> str:
+    """`python -c` lines: import statement `new` if the tree's agent/ has `path`, else `old` (a
+    tree from before the folder split). Asked of the files, not by trying the import: the venv's
+    editable finder would find a module the tree lacks in this checkout."""
+    return (
+        "import os\nimport agent\n"
+        f"if os.path.isfile(os.path.join(agent.__path__[0], {path!r})):\n    {new}\n"
+        f"else:\n    {old}\n"
+    )
+
+
+DAEMON_CODE = (
+    "import sys\nsys.argv[0] = 'relay-agent'\n"
+    + _either("from agent.main import main", "from agent.entry import main", "main.py")
+    + "main()\n"
 )
+STUB_CODE = (
+    "import sys\n"
+    + _either("from agent.submit import stub", "from agent import stub", "submit/stub.py")
+    + "sys.stdout.write(stub.render('sendmail', stub.default_python(), stub.default_site_dirs()))\n"
+)
+
+
+def round_order(tree_list: list[Tree], r: int) -> list[Tree]:
+    """The trees in the order round `r` runs them: reversed every other round, so that the
+    machine's drift during the run falls on each tree alike."""
+    return tree_list if r % 2 == 0 else tree_list[::-1]
 
 
 class Tree:
@@ -43,7 +68,7 @@ class Tree:
         return env
 
     def stub(self, directory: Path) -> Path:
-        """The tree's own stub, rendered by the tree's agent.stub for this venv's python."""
+        """The tree's own stub, rendered by the tree's agent.submit.stub for this venv's python."""
         out = subprocess.run(
             [str(common.VENV_PYTHON), "-P", "-c", STUB_CODE],
             env=self.env(dict(os.environ)),
