@@ -203,7 +203,7 @@ def test_loopback_listener_and_metrics(tmp_path: Path, relay_standin: RelayStand
         assert 'relay_agent_messages_total{account="default",outcome="bounced"} 0.0' in body
         status = json.loads(env.cli("status", "--json").stdout)
         assert status["running"] is True and status["counters"]["sent"] == 1
-        assert status["queue"] == {"queued": 0, "deferred": 0, "held": 0, "failed": 0}
+        assert status["queue"] == {"queued": 0, "deferred": 0, "held": 0, "failed": 0, "oldest_seconds": 0}
     finally:
         env.stop()
     status = json.loads(env.cli("status", "--json").stdout)

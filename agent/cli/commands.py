@@ -230,17 +230,19 @@ def queue_release(
 def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Is the daemon running, what is queued, what has it done."""
     from agent.cli import control
-    from agent.queue.view import counts
+    from agent.queue.view import counts, oldest_seconds
     from agent.status import accounts as relay_accounts
     from agent.status import snapshot
 
     cfg = load(config)
     running = control.running(cfg.listen.socket)
-    c = counts(_items(cfg))
+    items = _items(cfg)
+    c = counts(items)
     saved = snapshot.read(cfg.queue.path)
     data = {
         "running": running,
-        "queue": {k: c[k] for k in ("queued", "deferred", "held", "failed")},
+        "queue": {k: c[k] for k in ("queued", "deferred", "held", "failed")}
+        | {"oldest_seconds": oldest_seconds(items, time.time())},
         "counters": snapshot.counts(saved),
         "last_relay_error": saved.get("last_relay_error"),
         "relay_suspended": snapshot.suspended(saved),
@@ -257,6 +259,7 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
     assert isinstance(q, dict) and isinstance(k, dict)
     typer.echo(
         f"queue: {q['queued']} queued, {q['deferred']} deferred, {q['held']} held, {q['failed']} failed"
+        + (f"; the oldest waits {q['oldest_seconds']}s" if q["oldest_seconds"] else "")
     )
     typer.echo(f"since start: {k['sent']} sent, {k['deferred']} deferred, {k['bounced']} bounced")
     if data["last_relay_error"]:

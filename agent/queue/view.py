@@ -185,3 +185,11 @@ def counts(items: list[dict[str, Any]]) -> dict[str, int]:
     for it in items:
         c[it["state"]] = c.get(it["state"], 0) + 1
     return c
+
+
+def oldest_seconds(items: list[dict[str, Any]], now: float) -> int:
+    """Age of the oldest message not failed (what relay_agent_queue_oldest_seconds says); 0: none."""
+    waiting = [
+        datetime.datetime.fromisoformat(it["created"]).timestamp() for it in items if it["state"] != "failed"
+    ]
+    return max(0, int(now - min(waiting))) if waiting else 0
