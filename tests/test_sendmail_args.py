@@ -42,6 +42,17 @@ def test_bundled_boolean_flags() -> None:
     assert o.extract and o.ignore_dots and o.recipients == ("a@example.com",)
 
 
+@pytest.mark.parametrize("flag", ["-Ac", "-Am", "-A"])
+def test_which_configuration_is_accepted(flag: str) -> None:
+    o = parse([flag, "-t", "a@example.com"])
+    assert o.extract and o.recipients == ("a@example.com",) and o.mode == "send"
+
+
+def test_a_configuration_other_than_c_or_m_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="-A takes c or m"):
+        parse(["-Ax", "a@example.com"])
+
+
 def test_double_dash_ends_options() -> None:
     o = parse(["-f", "a@example.com", "--", "-weird@example.com", "b@example.com"])
     assert o.recipients == ("-weird@example.com", "b@example.com")

@@ -10,7 +10,7 @@ from agent.errors import MessageError, UsageError
 
 # flags that take a value; -o and -b take the rest of their word, -q only an attached one
 VALUE_FLAGS = frozenset("frFCBNRVLhXoOb")
-BOOL_FLAGS = frozenset("tivGUnmIA")
+BOOL_FLAGS = frozenset("tivGUnmI")
 MODES = {"m": "send", "s": "smtp", "p": "list", "i": "newaliases"}
 NOTIFY_WORDS = ("success", "failure", "delay")
 
@@ -129,6 +129,10 @@ def _cluster(word: str, argv: list[str], i: int, values: dict[str, object]) -> i
         elif flag == "q":
             values["mode"] = "flush"  # -q, -q30m, -qIabc...: all mean "run the queue now"
             return i
+        elif flag == "A":  # -Ac / -Am: which of sendmail's configurations; there is one here
+            if word[pos:] not in ("", "c", "m"):
+                raise UsageError(f"option -A takes c or m, not {word[pos:]!r}")
+            return i
         elif flag in VALUE_FLAGS:
             if pos < len(word):
                 value = word[pos:]
@@ -152,7 +156,7 @@ def _bool_flag(flag: str, values: dict[str, object]) -> None:
         values["verbose"] = True
     elif flag == "I":
         values["mode"] = "newaliases"
-    # -G (gateway), -U (initial submission), -n (no aliasing), -m (me too), -A: accepted, no effect
+    # -G (gateway), -U (initial submission), -n (no aliasing), -m (me too): accepted, no effect
 
 
 def _value_flag(flag: str, value: str, values: dict[str, object]) -> None:
