@@ -3,6 +3,7 @@ falls back to rate / fleet_size_hint. Rates are measured at the relay stand-in."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -128,3 +129,23 @@ def test_sighup_switches_to_the_shared_rate(tmp_path: Path, relay_standin: Relay
     # Redis is unreachable, so the reloaded agent paces at 40 / 2, not at its old local 40
     assert abs(_rate(relay_standin.mail_from_times) - 20.0) <= 2.0, _rate(relay_standin.mail_from_times)
     assert env.log().count("unreachable") == 1
+
+
+async def test_one_burst_seen_by_two_agents_halves_the_fleet_once(redis_server: RedisServer) -> None:
+    from agent.delivery.pacer import SharedPacer
+
+    a = SharedPacer(redis_server.url, 10.0, 1, "relay-agent:rate:burst@test:587", rate_ttl=60)
+    b = SharedPacer(redis_server.url, 10.0, 1, "relay-agent:rate:burst@test:587", rate_ttl=60)
+    try:
+        await a._publish([repr(5.0), "down", repr(10.0), repr(10.0), 60_000])
+        # b saw the same burst, after a's halving was stored: it must not halve the fleet again
+        await b._publish([repr(2.5), "down", repr(5.0), repr(10.0), 60_000])
+        assert a.fleet_rate == 5.0 and b.fleet_rate == 5.0
+        await asyncio.sleep(0.25)  # one slot at 5 msg/s later: a new push-back halves again
+        await b._publish([repr(2.5), "down", repr(5.0), repr(10.0), 60_000])
+        assert b.fleet_rate == 2.5
+        await a.acquire()
+        assert a.fleet_rate == 2.5  # read with the slot
+    finally:
+        await a.client.aclose()
+        await b.client.aclose()

@@ -55,17 +55,26 @@ redis.call('SET', KEYS[1], string.format('%d', tat + interval), 'PX', ttl_ms)
 return {tat - now, slowed or ''}
 """
 
-# KEYS[1]: the fleet's effective rate; ARGV: the new rate, "down" or "up", the rate this agent
-# stored before, the configured rate, the key's lifetime in ms. Down: stored unless the fleet is
-# slower already. Up (recovering): stored unless another agent slowed the fleet further meanwhile
-# or the fleet is back at the configured rate; back there the key goes. The lifetime ends a
-# slow-down whose agent went away. Returns the effective rate stored now ("" when none).
+# KEYS[1]: the fleet's effective rate; KEYS[2]: when (Redis TIME, microseconds) the fleet last
+# halved; ARGV: the new rate, "down" or "up", the rate this agent stored before, the configured
+# rate, the keys' lifetime in ms. Down: stored unless the fleet is slower already or halved less
+# than one of its (slowed) slots ago: one burst seen by several agents halves the fleet once.
+# Up (recovering): stored unless another agent slowed the fleet further meanwhile or the fleet is
+# back at the configured rate; back there the key goes. The lifetime ends a slow-down whose agent
+# went away. Returns the effective rate stored now ("" when none).
 SET_RATE = """
 local stored = tonumber(redis.call('GET', KEYS[1]) or '')
 local new = tonumber(ARGV[1])
 if ARGV[2] == 'up' and not stored then return '' end
 if stored and ((ARGV[2] == 'down' and stored <= new) or (ARGV[2] == 'up' and stored < tonumber(ARGV[3]))) then
   return redis.call('GET', KEYS[1])
+end
+if ARGV[2] == 'down' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local halved = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if stored and now - halved < 1000000 / stored then return redis.call('GET', KEYS[1]) end
+  redis.call('SET', KEYS[2], string.format('%d', now), 'PX', ARGV[5])
 end
 if new >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[1])
@@ -162,6 +171,7 @@ class SharedPacer:
         self.url = url
         self.key = key
         self.rate_key = key + ":effective"
+        self.halved_key = key + ":halved"
         self.rate = rate
         self.rate_ttl_ms = max(1000, round(rate_ttl * 1000))
         self.fleet_rate: float | None = None  # the fleet's effective rate seen at the last slot
@@ -210,7 +220,8 @@ class SharedPacer:
 
     async def _publish(self, args: list[object]) -> None:
         try:
-            stored = await asyncio.wait_for(self.set_rate(keys=[self.rate_key], args=args), 2.0)
+            keys = [self.rate_key, self.halved_key]
+            stored = await asyncio.wait_for(self.set_rate(keys=keys, args=args), 2.0)
         except self.errors:
             return  # Redis away: acquire() says so and falls back; the next change tries again
         self.fleet_rate = _rate_or_none(stored)
