@@ -44,3 +44,27 @@ def test_a_suspension_ends_with_the_daemon_that_wrote_it(tmp_path: Path) -> None
     saved = {"pid": int(gone.stdout), "relay_suspended": "delivery temporarily suspended: x"}
     (tmp_path / "status.json").write_text(json.dumps(saved))
     assert snapshot.relay_suspended(str(tmp_path)) is None
+
+
+def test_each_accounts_waiting_mail_shows_its_own_suspension(tmp_path: Path) -> None:
+    import time
+
+    from agent.queue import queue_file, view
+    from agent.queue.store import Queue
+
+    q = Queue(str(tmp_path / "queue"))
+    q.ensure_dirs()
+    body = b"From: a@shop.example\r\nSubject: s\r\n\r\nhi\r\n"
+    shop = q.enter(
+        queue_file.Envelope("a@shop.example", ("x@example.net",), time.time(), account="shop"), body
+    )
+    default = q.enter(queue_file.Envelope("b@example.com", ("y@example.net",), time.time()), body)
+    down = "delivery temporarily suspended: connect to relay.shop.example:587: refused"
+    saved = {"pid": os.getpid(), "relay_suspended": None, "accounts": [{"name": "shop", "suspended": down}]}
+    (tmp_path / "queue" / "status.json").write_text(json.dumps(saved))
+    assert snapshot.suspensions(q.path) == {"shop": down}
+    got = {it["id"]: it for it in view.collect(q, str(tmp_path / "maildrop"))}
+    assert (got[shop]["state"], got[shop]["last_error"]) == ("deferred", down)
+    assert (got[default]["state"], got[default]["last_error"]) == ("queued", None)
+    text = view.mailq(q, str(tmp_path / "maildrop"))
+    assert f"({down})" in text and f"{default}*" in text and f"{shop} " in text

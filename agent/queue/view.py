@@ -12,7 +12,7 @@ from typing import Any
 from agent.queue import bulk, queue_file, state_file
 from agent.queue.ids import qid_for
 from agent.queue.store import Entry, Queue
-from agent.status.snapshot import relay_suspended
+from agent.status.snapshot import suspensions
 
 
 def iso8601(ts: float) -> str:
@@ -90,8 +90,8 @@ def maildrop_items(path: str) -> Iterator[dict[str, Any]]:
 def collect(queue: Queue, maildrop: str) -> list[dict[str, Any]]:
     try:
         os.stat(queue.msg)
-        suspended = relay_suspended(queue.path)
-        items = [item(e, suspended) for e in bulk.entries(queue)]
+        why = suspensions(queue.path)
+        items = [item(e, why.get(e.envelope.account)) for e in bulk.entries(queue)]
     except FileNotFoundError:
         items = []  # no queue yet: nothing was ever queued (PermissionError goes to the caller)
     return items + list(maildrop_items(maildrop))
@@ -167,12 +167,12 @@ def mailq(queue: Queue, maildrop: str) -> str:
     text = MailqText()
     try:
         os.stat(queue.msg)
-        suspended = relay_suspended(queue.path)
+        why = suspensions(queue.path)
         for qid, env, size, state in bulk.scan(queue):
             if state is None:
-                text.fresh(qid, env, size, suspended)
+                text.fresh(qid, env, size, why.get(env.account))
             else:
-                text.item(item(Entry(qid, env, state or state_file.State(), size), suspended))
+                text.item(item(Entry(qid, env, state or state_file.State(), size), why.get(env.account)))
     except FileNotFoundError:
         pass  # no queue yet: nothing was ever queued (PermissionError goes to the caller)
     for it in maildrop_items(maildrop):

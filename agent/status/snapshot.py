@@ -95,18 +95,39 @@ def domain_verdicts(saved: dict[str, Any]) -> list[dict[str, Any]]:
 def suspended(saved: dict[str, Any]) -> str | None:
     """The daemon's reason for holding back delivery (the relay is unreachable), from what read()
     gave; None when it delivers, or when the daemon that wrote the file is gone."""
-    reason, pid = saved.get("relay_suspended"), saved.get("pid")
-    if not isinstance(reason, str) or not isinstance(pid, int) or pid <= 0:
-        return None
+    reason = saved.get("relay_suspended")
+    return reason if isinstance(reason, str) and _alive(saved) else None
+
+
+def _alive(saved: dict[str, Any]) -> bool:
+    """Whether the daemon that wrote status.json still runs (a stopped one holds nothing back)."""
+    pid = saved.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None  # stopped or killed: nobody is holding anything back
+        return False
     except PermissionError:
         pass  # alive, another user's
-    return reason
+    return True
 
 
 def relay_suspended(queue_path: str) -> str | None:
     """suspended(read(queue_path)): what `mailq` and `queue list` show for waiting messages."""
     return suspended(read(queue_path))
+
+
+def suspensions(queue_path: str) -> dict[str, str]:
+    """Per relay account, why its delivery is held back now (its relay is unreachable): what
+    `mailq` and `queue list` show for that account's waiting messages. Empty when the daemon is gone."""
+    saved = read(queue_path)
+    if not _alive(saved):
+        return {}
+    out = {}
+    for a in saved.get("accounts") or []:
+        if isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("suspended"), str):
+            out[a["name"]] = a["suspended"]
+    if isinstance(reason := saved.get("relay_suspended"), str):
+        out["default"] = reason
+    return out
