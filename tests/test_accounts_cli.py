@@ -262,3 +262,29 @@ def test_install_in_capture_mode_makes_the_maildir_writable(tmp_path: Path) -> N
         text=True,
     )
     assert (verify.returncode, verify.stderr) == (0, "")
+
+
+def test_only_the_dropin_for_a_package_install(tmp_path: Path) -> None:
+    """The Debian package owns the unit, stubs and links: `install --only-dropin` writes the drop-in
+    the config asks for and touches nothing else."""
+    root = target(tmp_path, accounts_toml())
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    r = install(root, "install", "--only-dropin", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    drop = root / dropin.DROPIN.lstrip("/")
+    steps = [line for line in r.stdout.splitlines() if line.startswith("would: ")]
+    assert steps[0].startswith(f"would: drop-in {drop} mode 0644 (LoadCredential=relay-password-shop, ")
+    assert len(steps) == 2 and "daemon-reload" in steps[1], r.stdout
+    r = install(root, "install", "--only-dropin")
+    assert r.returncode == 0, r.stderr
+    after = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    assert set(after) - set(before) == {"etc/systemd", "etc/systemd/system", *_parents(dropin.DROPIN)}
+    assert (
+        "LoadCredential",
+        "relay-password-web-eu:/etc/relay-agent/relay-password-web-eu",
+    ) in unit_settings(drop)
+
+
+def _parents(path: str) -> set[str]:
+    rel = Path(path.lstrip("/"))
+    return {str(rel), *(str(p) for p in rel.parents if str(p) not in (".", "etc"))}

@@ -16,6 +16,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Install rela
 RootOpt = Annotated[str, typer.Option("--root", help="Work on this directory tree instead of /.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print every step, change nothing.")]
 PurgeOpt = Annotated[bool, typer.Option("--purge", help="Also remove queue, maildrop, config, keys, user.")]
+DropinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--only-dropin",
+        help="Only rewrite the unit's drop-in from the config (a credential per [[account]], capture_dir"
+        " writable): after adding an account or switching to capture, also with the Debian package.",
+    ),
+]
 
 
 def _fail(exc: AgentError) -> typer.Exit:
@@ -35,14 +43,17 @@ def _checked_root(root: str, dry_run: bool, what: str) -> str:
 
 
 @app.command("install")
-def install(root: RootOpt = "/", dry_run: DryRunOpt = False) -> None:
+def install(root: RootOpt = "/", dry_run: DryRunOpt = False, only_dropin: DropinOpt = False) -> None:
     """User, directories, systemd units, and sendmail/mailq stubs (see --dry-run)."""
     try:
         root = _checked_root(root, dry_run, "install")
         # The venv this very interpreter belongs to: its relay-agent goes into the unit,
         # its python into the stubs' shebang.
         venv_bin = os.path.dirname(os.path.abspath(sys.executable))
-        steps = plans.plan(root, venv_bin, plans.dpkg_available(root))
+        if only_dropin:
+            steps = plans.plan_dropin(root)
+        else:
+            steps = plans.plan(root, venv_bin, plans.dpkg_available(root))
         plans.execute(steps, dry_run)
     except AgentError as exc:
         raise _fail(exc) from None

@@ -35,6 +35,7 @@ __all__ = [
     "execute",
     "lookup_ids",
     "plan",
+    "plan_dropin",
     "plan_uninstall",
     "render_unit",
 ]
@@ -49,6 +50,12 @@ def plan(root: str, venv_bin: str, dpkg: bool) -> list[Step]:
     steps += link_steps(root, dpkg)
     steps += activation_steps(root, install=True)
     return steps
+
+
+def plan_dropin(root: str) -> list[Step]:
+    """Only the unit's drop-in the config asks for, and systemd told: what a package install needs
+    after an [[account]] is added or capture mode chosen (apt owns the rest)."""
+    return [*dropin_steps(root), *activation_steps(root, install=False)]
 
 
 def plan_uninstall(root: str, dpkg: bool, purge: bool) -> list[Step]:
