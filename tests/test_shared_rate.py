@@ -149,3 +149,25 @@ async def test_one_burst_seen_by_two_agents_halves_the_fleet_once(redis_server: 
     finally:
         await a.client.aclose()
         await b.client.aclose()
+
+
+async def test_without_redis_a_slowed_fleet_stays_slow() -> None:
+    """Redis away: the fallback keeps to the effective rate the relay asked for, not only to
+    rate / fleet_size_hint."""
+    from agent.delivery.pacer import SharedPacer
+
+    p = SharedPacer(f"redis://127.0.0.1:{free_port()}/0", 1000.0, 1, "relay-agent:rate:gone@test:587")
+    try:
+        p.fleet_rate = 20.0  # the relay pushed back: 20 msg/s for the fleet
+        t0 = time.monotonic()
+        for _ in range(6):
+            await p.acquire()
+        assert time.monotonic() - t0 >= 5 / 20.0 * 0.95  # 6 slots, 5 intervals of 50 ms
+        assert p.retry_at > 0  # it did fall back
+        p.fleet_rate = None
+        t0 = time.monotonic()
+        for _ in range(6):
+            await p.acquire()
+        assert time.monotonic() - t0 < 0.2  # back at rate / fleet_size_hint: 1 ms apart
+    finally:
+        await p.client.aclose()

@@ -184,10 +184,22 @@ class SharedPacer:
         self.set_rate: Any = self.client.register_script(SET_RATE)
         self.retry_at = 0.0
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._fallback_last = -1e18  # the last slot the fallback gave (time.monotonic)
+
+    async def _fallback(self) -> None:
+        """Redis away: rate / fleet_size_hint, and no faster than the fleet's effective rate last
+        seen (or this agent's own push-back since): the relay asked the account to slow down."""
+        await self.fallback.acquire()
+        if self.fleet_rate:
+            now = time.monotonic()
+            slot = max(now, self._fallback_last + 1.0 / self.fleet_rate)
+            self._fallback_last = slot
+            if slot > now:
+                await asyncio.sleep(slot - now)
 
     async def acquire(self) -> None:
         if time.monotonic() < self.retry_at:
-            return await self.fallback.acquire()
+            return await self._fallback()
         try:
             keys = [self.key, self.rate_key]
             wait, slowed = await asyncio.wait_for(self.script(keys=keys, args=[self.interval_us]), 2.0)
@@ -200,7 +212,7 @@ class SharedPacer:
                     type(exc).__name__,
                 )
             self.retry_at = time.monotonic() + RETRY_SECONDS
-            return await self.fallback.acquire()
+            return await self._fallback()
         if self.retry_at:
             log.info("limits.shared %s reachable again: back on the fleet's rate", shown(self.url))
             self.retry_at = 0.0
