@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from agent.status import snapshot
+from agent.status.accounts import AccountStatus
 from agent.status.counters import Counters
 
 
 def test_written_from_the_counters_and_read_back(tmp_path: Path) -> None:
     counters = Counters(sent=3, deferred=1)
-    counters.relay_suspended = "delivery temporarily suspended: connect to relay: refused"
+    counters.accounts["default"] = AccountStatus("default", "ops@example.com", 10.0, 10.0)
+    counters.suspend("default", "connect to relay: refused")
+    assert counters.relay_suspended == "delivery temporarily suspended: connect to relay: refused"
     path = snapshot.path_in(str(tmp_path))
     snapshot.write(path, counters)
     saved = snapshot.read(str(tmp_path))

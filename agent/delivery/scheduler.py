@@ -28,7 +28,6 @@ from agent.intake.cleanup import Cleanup, Prepared
 from agent.queue import queue_file, state_file
 from agent.queue.disk_thread import DiskThread
 from agent.queue.message_source import MessageSource, open_queued
-from agent.queue.queue_file import DEFAULT_ACCOUNT as DEFAULT
 from agent.queue.store import Queue
 from agent.relay.connection import RcptResult, RelayError
 from agent.status.counters import Counters
@@ -326,9 +325,7 @@ class Scheduler:
             await self._record(qid, env, source, state, results, exc.relay, pushed)
             return
         lane.connect_backoff = 0.0
-        lane.status.suspended = None
-        if lane.name == DEFAULT:
-            self.counters.resume()
+        self.counters.resume(lane.name)
         for r in tx.results:
             self.counters.reply(r.reply, lane.name)
         if any(r.outcome == "sent" for r in tx.results):
@@ -337,13 +334,11 @@ class Scheduler:
         await self._record(qid, env, source, state, tx.results, tx.relay, pushed)
 
     def _relay_failed(self, lane: Lane, exc: RelayError) -> None:
-        """This account's relay failed us: only this account backs off (the default's also shows
-        as the suspension `mailq` and `status` report, as with [relay] alone)."""
+        """This account's relay failed us: only this account backs off, and its waiting mail shows
+        the suspension in `mailq` and `status`."""
         lane.failed(time.time(), min(CONNECT_BACKOFF_MAX, self.cfg.queue.retry_initial), str(exc))
-        lane.status.suspended = "delivery temporarily suspended: " + exc.where()
         self.counters.relay_error(str(exc))
-        if lane.name == DEFAULT:
-            self.counters.suspend(exc.where())
+        self.counters.suspend(lane.name, exc.where())
 
     async def _record(
         self,

@@ -25,10 +25,6 @@ class Counters:
     held: int = 0
     moves: int = 0  # grows with every bump: the metrics refresh the queue's figures after a change
     last_relay_error: str | None = None
-    # Why delivery is held back while the relay cannot be reached (None when it can): the daemon
-    # writes it to status.json, where `mailq`, `queue list` and `status` read it for the messages
-    # that wait without an attempt of their own, instead of a state file rewritten for each.
-    relay_suspended: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     accounts: dict[str, AccountStatus] = field(default_factory=dict)  # by name, the default first
     sink: Metrics | None = None  # /metrics, when it is served
@@ -68,11 +64,23 @@ class Counters:
         self.last_relay_error = text
         self.changed.set()
 
-    def suspend(self, where: str) -> None:
-        self.relay_suspended = "delivery temporarily suspended: " + where
-        self.changed.set()
+    # Why an account's delivery is held back while its relay cannot be reached (None when it can):
+    # the daemon writes it to status.json, where `mailq`, `queue list` and `status` read it for the
+    # messages that wait without an attempt of their own, instead of a state file rewritten for each.
+    def suspend(self, account: str, where: str) -> None:
+        self._suspended(account, "delivery temporarily suspended: " + where)
 
-    def resume(self) -> None:
-        if self.relay_suspended is not None:
-            self.relay_suspended = None
+    def resume(self, account: str) -> None:
+        self._suspended(account, None)
+
+    def _suspended(self, account: str, reason: str | None) -> None:
+        status = self.accounts.get(account)
+        if status is not None and status.suspended != reason:
+            status.suspended = reason
             self.changed.set()
+
+    @property
+    def relay_suspended(self) -> str | None:
+        """The default account's suspension: status.json's "relay_suspended", as with [relay] alone."""
+        status = self.accounts.get(DEFAULT)
+        return status.suspended if status is not None else None
