@@ -9,9 +9,8 @@ import time
 
 from agent.queue.bulk import scan
 from agent.queue.store import Queue
+from agent.queue.view import state_of
 from agent.status.figures import STATES, QueueFigures
-
-SHOWN = {"queued": "queued", "deferred": "deferred", "failed": "failed", "hold": "held", "held": "held"}
 
 
 def figures(queue: Queue, now: float | None = None) -> QueueFigures:
@@ -20,12 +19,11 @@ def figures(queue: Queue, now: float | None = None) -> QueueFigures:
     oldest = now
     waiting: dict[str, float] = {}
     for _qid, env, _size, state in scan(queue):
-        shown = "queued" if state is None else SHOWN.get(state.state, "queued")
+        shown = "queued" if state is None else state_of(state)
         counts[shown] += 1
         if shown == "failed":
             continue
         oldest = min(oldest, env.created)
         if shown != "held":  # due now or at its next attempt: waiting for the relay either way
-            account = getattr(env, "account", "") or "default"
-            waiting[account] = max(waiting.get(account, 0.0), now - env.created)
+            waiting[env.account] = max(waiting.get(env.account, 0.0), now - env.created)
     return QueueFigures(counts, max(0.0, now - oldest), waiting)
