@@ -30,23 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import common
+import trees
 
 RSS_BUDGET_MB = 60.0
 FLUSH_SETTLE_S = 3.0  # the relay is down: a flush makes every message due and defers it again
 STARTUP_BUDGET_S = 5.0
 MAILQ_BUDGET_S = 1.0
 DELETE_BUDGET_S = 5.0
-
-
-def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM in MB (10^6 bytes, as the budget is written)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024 / 1e6
-    return out
 
 
 def answers_220(path: Path) -> bool:
@@ -121,12 +111,12 @@ def measure(count: int, settle: float, tmp: Path) -> dict[str, Any]:
         fixture_s = time.monotonic() - t
         proc, startup = start_and_time(env)
         try:
-            at_ready = proc_status(proc.pid)
+            at_ready = trees.proc_mem(proc.pid)
             time.sleep(settle)
-            later = proc_status(proc.pid)
+            later = trees.proc_mem(proc.pid)
             env.cli("queue", "flush")  # every message due at once: the index must not double
             time.sleep(FLUSH_SETTLE_S)
-            flushed = proc_status(proc.pid)
+            flushed = trees.proc_mem(proc.pid)
             alive = proc.poll() is None
         finally:
             rc = env.stop(timeout=30)

@@ -141,10 +141,9 @@ def _max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-def test_each_account_is_paced_at_its_own_rate(tmp_path: Path, relay: RelayStandin, passwords: None) -> None:
-    n = 10
-    env = make_env(tmp_path, relay)
-    configure(env, accounts_toml(shop={"rate": 5.0}, news={"rate": 2.5, "connections": 1}))
+def queue_both_then_release(env: AgentEnv, relay: RelayStandin, n: int) -> None:
+    """n messages for shop and n for news queued while the relay is down, then all released at once
+    (a flush), so each account's pace shows from the first MAIL FROM on; the daemon stopped after."""
     relay.down()
     env.start()
     try:
@@ -156,6 +155,13 @@ def test_each_account_is_paced_at_its_own_rate(tmp_path: Path, relay: RelayStand
         relay.wait_for(2 * n, timeout=20)
     finally:
         env.stop()
+
+
+def test_each_account_is_paced_at_its_own_rate(tmp_path: Path, relay: RelayStandin, passwords: None) -> None:
+    n = 10
+    env = make_env(tmp_path, relay)
+    configure(env, accounts_toml(shop={"rate": 5.0}, news={"rate": 2.5, "connections": 1}))
+    queue_both_then_release(env, relay, n)
     by_user = relay.mail_from_times_by_user
     for user, rate in ((SHOP_USER, 5.0), (NEWS_USER, 2.5)):
         times = sorted(by_user[user])
@@ -277,17 +283,7 @@ def test_with_a_shared_rate_each_account_has_its_own_fleet_key(
     env = make_env(tmp_path, relay)
     env.sections["limits"].update(shared=redis_server.url, rate=rate)
     configure(env, accounts_toml(shop={}, news={}))  # both at limits.rate, as the default is
-    relay.down()
-    env.start()
-    try:
-        for i in range(n):
-            send(env, "app@example.com", "a@shop.example", f"s{i}@example.net")
-            send(env, "app@example.com", "a@news.example.org", f"n{i}@example.net")
-        relay.up()
-        assert env.cli("queue", "flush").returncode == 0
-        relay.wait_for(2 * n, timeout=20)
-    finally:
-        env.stop()
+    queue_both_then_release(env, relay, n)
     assert "unreachable" not in env.log()
     by_user = relay.mail_from_times_by_user
     for user in (SHOP_USER, NEWS_USER):  # one key for both would give each half the rate
