@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from agent.delivery.domain_hold import held_for, held_on_disk, hold_queued
+from agent.delivery.domain_hold import held_on_disk, hold_queued
 from agent.dkim import key_files
 from agent.dns.token import token_for
 from agent.intake.cleanup import message_domain
 from agent.queue import queue_file, state_file
 from agent.queue.ids import new_id
+from agent.queue.state_file import dns_hold
 from agent.queue.store import Queue
 from tests.support import dnsmasq
 from tests.support.agent_env import AgentEnv
@@ -211,7 +212,7 @@ def test_hold_queued_and_release_touch_only_that_domain(tmp_path: Path) -> None:
     assert hold_queued(q, "shop.example", "held: why") == 0  # once
     assert hold_queued(q, "shop.example", "held: another why") == 0
     states = {k: q.read_state(qid) for k, qid in ids.items()}
-    assert {k for k, s in states.items() if s.held_for == held_for("shop.example")} == {"from", "sender"}
+    assert {k for k, s in states.items() if s.held_for == dns_hold("shop.example")} == {"from", "sender"}
     assert states["from"].last_error == "held: another why"  # the reason follows the verdict
     assert (states["manual"].last_error, states["other"].state) == ("by hand", "queued")
-    assert held_on_disk(q) == {"shop.example": (held_for("shop.example"), "held: another why")}
+    assert held_on_disk(q) == {"shop.example": (dns_hold("shop.example"), "held: another why")}

@@ -29,7 +29,8 @@ def pick(qid: str | None, all_: bool, sender: str | None, domain: str | None) ->
         return lambda i, env, state: env.sender.lower() == who
     if domain:
         dom = domain.lower().rstrip(".")
-        return lambda i, env, state: bulk.sender_domain(env) == dom or state.held_for == f"dns {dom}"
+        tag = state_file.dns_hold(dom)
+        return lambda i, env, state: env.sender_domain() == dom or state.held_for == tag
     return lambda i, env, state: True
 
 

@@ -37,13 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay-agent")
 
-HELD_FOR = "dns "  # + the domain: the held_for of mail this watch holds
 REPORTED = ("spf", "dmarc")  # failures logged and shown, never held
 IDLE_POLL = 5.0  # while the watch is off (a reload may turn it on)
-
-
-def held_for(domain: str) -> str:
-    return HELD_FOR + domain
 
 
 class DomainWatch:
@@ -120,7 +115,7 @@ class DomainWatch:
     async def _apply(self, after: dict[str, DomainVerdict]) -> None:
         hold, release = changes({d: reason for d, (_, reason) in self.holds.items()}, after)
         for domain, reason in hold.items():
-            self.holds[domain] = (held_for(domain), reason)  # new mail first, then what is queued
+            self.holds[domain] = (state_file.dns_hold(domain), reason)  # new mail first, then what is queued
             n = await self.disk.run(hold_queued, self.queue, domain, reason)
             if n:
                 self.counters.bump("held", n, after[domain].account)
@@ -161,7 +156,7 @@ def hold_queued(queue: Queue, domain: str, reason: str) -> int:
     """(disk thread) Hold every queued message whose From: domain is `domain`, failed ones apart;
     mail held already for this domain takes the new reason, mail held for another keeps its own.
     The number held."""
-    tag = held_for(domain)
+    tag = state_file.dns_hold(domain)
     n = 0
     for qid, env, _, state in bulk.scan(queue):
         if env.from_domain() != domain:
@@ -190,8 +185,8 @@ def held_on_disk(queue: Queue) -> dict[str, tuple[str, str]]:
             state = queue.read_state(qid)
         except (OSError, queue_file.FormatError):
             continue
-        if state.held and state.held_for.startswith(HELD_FOR):
-            out.setdefault(state.held_for[len(HELD_FOR) :], (state.held_for, state.last_error))
+        if state.held and state.held_for.startswith(state_file.DNS_HOLD):
+            out.setdefault(state.held_for[len(state_file.DNS_HOLD) :], (state.held_for, state.last_error))
     return out
 
 

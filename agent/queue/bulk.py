@@ -86,23 +86,6 @@ def release(queue: Queue, pick: Pick) -> list[str]:
     return done
 
 
-def hold(queue: Queue, pick: Pick, held_for: str, reason: str) -> list[str]:
-    """Hold the messages `pick` chooses, held or not, failed ones apart (nothing left to send);
-    their ids. Mail held for another reason keeps that reason (it is released by that one)."""
-    done = []
-    for qid, env, _, state in scan(queue):
-        state = state or state_file.State()
-        if state.state != "failed" and not state.held and pick(qid, env, state):
-            state.hold(held_for, reason)
-            queue.write_state(qid, state)
-            done.append(qid)
-    return done
-
-
-def sender_domain(env: queue_file.Envelope) -> str:
-    return env.sender.rpartition("@")[2].lower() if "@" in env.sender else ""
-
-
 def remove(queue: Queue, names: list[str]) -> None:
     """Queue.remove for many: each queue file before its state file (a crash leaves at most an
     orphan state, which recovery drops), then one fsync of msg/ for them all."""

@@ -92,9 +92,12 @@ class Envelope:
                 return v
         return ""
 
+    def sender_domain(self) -> str:
+        return self.sender.rpartition("@")[2].lower() if "@" in self.sender else ""
+
     def from_domain(self) -> str:
         """The domain its mail counts as sent from: the From: header's, else the sender's."""
-        return self.domain or (self.sender.rpartition("@")[2].lower() if "@" in self.sender else "")
+        return self.domain or self.sender_domain()
 
 
 def encode(env: Envelope, message: bytes) -> bytes:

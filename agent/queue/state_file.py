@@ -23,6 +23,11 @@ PENDING, SENT, FAILED = "P", "S", "F"
 HELD = "held"
 OLD_HELD = "hold"  # what `queue hold` wrote before held mail had its reasons
 MANUAL = "manual"  # held_for of `queue hold`
+DNS_HOLD = "dns "  # + a domain: held_for of mail the sender-domain watch holds
+
+
+def dns_hold(domain: str) -> str:
+    return DNS_HOLD + domain
 
 
 class State:
