@@ -40,7 +40,6 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from agent.demo.smtpd_thread import login_authenticator
 from tests.support.relay_standin import RelayStandin, _Smtp
 
 STAGES = ("greeting", "tls", "ehlo", "auth", "mail", "rcpt", "data", "body", "dot")
@@ -157,6 +156,9 @@ class _FaultSmtp(_Smtp):
 class FaultRelay(RelayStandin):
     """RelayStandin (same options, records, fixtures' helpers) with a script of faults."""
 
+    protocol = _FaultSmtp
+    hostname = "fault-relay.test"
+
     def __init__(self, *faults: Fault, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._script: deque[Fault] = deque(faults)
@@ -189,22 +191,6 @@ class FaultRelay(RelayStandin):
             fault = self._script.popleft()
             self._fired.append(fault)
             return fault
-
-    def _make_protocol(self) -> _FaultSmtp:
-        with self._cond:
-            self._connections += 1
-            conn_id = self._connections
-        return _FaultSmtp(
-            self,
-            conn_id,
-            hostname="fault-relay.test",
-            tls_context=self._tls_context if self.starttls else None,
-            require_starttls=self.starttls,
-            auth_require_tls=not self.tls_implicit,
-            authenticator=login_authenticator(self.users),
-            enable_SMTPUTF8=self.smtputf8,
-            loop=asyncio.get_running_loop(),
-        )
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         fault = (

@@ -265,14 +265,17 @@ class RelayStandin(SmtpdThread[Received]):
                 proto.transport.abort()
         self._live.clear()
 
+    protocol: type[_Smtp] = _Smtp  # what each connection is served by (a subclass may change it)
+    hostname = "relay-standin.test"
+
     def _make_protocol(self) -> _Smtp:
         with self._cond:
             self._connections += 1
             conn_id = self._connections
-        return _Smtp(
+        return self.protocol(
             self,
             conn_id,
-            hostname="relay-standin.test",
+            hostname=self.hostname,
             tls_context=self._tls_context if self.starttls else None,
             require_starttls=self.starttls,
             # Implicit TLS: the transport is already encrypted, which aiosmtpd does not see.
